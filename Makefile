@@ -1,0 +1,35 @@
+# One entry point. `make setup` is idempotent: it (re)installs only when
+# pyproject.toml changed. torch goes in first and pinned, so pip never
+# reaches for the multi-GB CUDA build.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup test lint demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -c "import cv2, mediapipe, torch, prefect, mlflow, dvc, onnxruntime, librosa"
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check synctalk stages flows tests benchmarks
+	$(VENV)/bin/ruff format --check synctalk stages flows tests benchmarks
+
+demo: setup
+	$(VENV)/bin/synctalk demo
+
+bench: setup
+	$(PY) benchmarks/models.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

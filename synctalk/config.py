@@ -1,0 +1,231 @@
+"""Typed configuration, loaded from params.yaml.
+
+Two kinds of settings live here:
+
+* Resolution presets ("160" and "328") are facts of SyncTalk_2D's method, not
+  knobs: every crop size, inner crop, mouth mask and U-Net depth is derived
+  from the preset's model side S so that no number is written twice.
+* `Config` mirrors params.yaml. Loading is strict: an unknown key or a value
+  of the wrong type raises `ConfigError` naming the key's full path
+  (e.g. ``presets.tiny.mobile``), because a silently ignored typo in a
+  training config costs a night of GPU time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A params.yaml value is missing, unknown or of the wrong type."""
+
+
+# --------------------------------------------------------------------------
+# Facts of the method: all video runs at 25 fps, all audio at 16 kHz mono.
+
+FPS = 25
+SAMPLE_RATE = 16_000
+
+# --------------------------------------------------------------------------
+# Resolution presets
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """Crop geometry and U-Net shape of one resolution preset.
+
+    The face crop is resized to ``crop_size`` (S + 2*margin) and its centre
+    S x S is what the models see; the mouth_mask rectangle of that S x S crop
+    is blacked out in the U-Net's input.
+    """
+
+    name: str
+    size: int  # S: side of the model's input/output crop
+    unet_depth: int  # down/up stages of the U-Net
+    unet_head_width: int  # channels of the last up stage (full-width model)
+    margin: int = 4
+
+    @property
+    def crop_size(self) -> int:
+        """Side the face crop is resized to before taking the centre S."""
+        return self.size + 2 * self.margin
+
+    @property
+    def inner_box(self) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1) of the model crop inside the resized crop."""
+        return (self.margin, self.margin, self.margin + self.size, self.margin + self.size)
+
+    @property
+    def mouth_mask(self) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1), end-exclusive, of the rectangle blacked out in the input."""
+        return (5, 5, self.size - 5, self.size - 10)
+
+
+RESOLUTIONS: dict[str, Resolution] = {
+    "160": Resolution(name="160", size=160, unet_depth=4, unet_head_width=32),
+    "328": Resolution(name="328", size=320, unet_depth=5, unet_head_width=16),
+}
+
+AudioMode = Literal["ave", "hubert", "wenet"]
+AUDIO_MODES: tuple[str, ...] = typing.get_args(AudioMode)
+
+
+def resolution(name: str | int) -> Resolution:
+    """The preset called `name` ("160" or "328"; an int is accepted too)."""
+    try:
+        return RESOLUTIONS[str(name)]
+    except KeyError:
+        raise ConfigError(
+            f"unknown resolution preset {name!r}; expected one of {sorted(RESOLUTIONS)}"
+        ) from None
+
+
+# --------------------------------------------------------------------------
+# params.yaml
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """What a named preset in params.yaml (e.g. `tiny`) fixes about the models."""
+
+    resolution: Literal["160", "328"] = "328"
+    audio_mode: AudioMode = "ave"
+    mobile: bool = False  # half channel widths: faster, slightly lower quality
+
+    @property
+    def geometry(self) -> Resolution:
+        return resolution(self.resolution)
+
+
+@dataclass(frozen=True)
+class AvatarConfig:
+    video: str
+    preset: str = "default"
+
+
+@dataclass(frozen=True)
+class Config:
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    presets: dict[str, ModelPreset] = field(default_factory=lambda: {"default": ModelPreset()})
+    avatars: dict[str, AvatarConfig] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, avatar in self.avatars.items():
+            if avatar.preset not in self.presets:
+                raise ConfigError(
+                    f"avatars.{name}.preset: unknown preset {avatar.preset!r}; "
+                    f"params.yaml defines {sorted(self.presets)}"
+                )
+
+    def preset_of(self, avatar: str) -> ModelPreset:
+        try:
+            return self.presets[self.avatars[avatar].preset]
+        except KeyError:
+            raise ConfigError(
+                f"unknown avatar {avatar!r}; params.yaml lists {sorted(self.avatars)}"
+            ) from None
+
+
+def load_config(path: str | Path = "params.yaml") -> Config:
+    """Read and validate params.yaml; a missing file gives the defaults."""
+    path = Path(path)
+    if not path.exists():
+        return Config()
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    return config_from_dict(data, source=str(path))
+
+
+def config_from_dict(data: Any, source: str = "params") -> Config:
+    try:
+        return _convert(Config, data, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+# --------------------------------------------------------------------------
+# strict conversion of plain YAML data into the dataclasses above
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    where = key or "<top level>"
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        hints = typing.get_type_hints(tp)
+        names = {f.name for f in dataclasses.fields(tp) if f.init}
+        unknown = sorted(set(value) - names)
+        if unknown:
+            raise ConfigError(
+                f"{_join(key, unknown[0])}: unknown key (expected one of {sorted(names)})"
+            )
+        kwargs = {k: _convert(hints[k], v, _join(key, k)) for k, v in value.items()}
+        try:
+            return tp(**kwargs)
+        except TypeError as exc:  # a required field is missing
+            missing = [
+                f.name
+                for f in dataclasses.fields(tp)
+                if f.name not in kwargs
+                and f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING
+            ]
+            raise ConfigError(f"{_join(key, missing[0]) if missing else where}: {exc}") from None
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        # YAML reads `resolution: 328` as an int; accept it for the string "328".
+        if isinstance(value, int) and not isinstance(value, bool) and str(value) in allowed:
+            value = str(value)
+        if value not in allowed:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(allowed)}")
+        return value
+    if origin is dict:
+        key_tp, val_tp = typing.get_args(tp)
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return {
+            _convert(key_tp, k, _join(key, str(k))): _convert(val_tp, v, _join(key, str(k)))
+            for k, v in value.items()
+        }
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+        return [_convert(item_tp, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(tp):
+            try:
+                return _convert(option, value, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[-1])
+    if tp is type(None):
+        if value is not None:
+            raise ConfigError(f"{where}: expected nothing (null), got {value!r}")
+        return None
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (str, int, float, bool):
+        if type(value) is not tp:
+            raise ConfigError(
+                f"{where}: expected {tp.__name__}, got {type(value).__name__} ({value!r})"
+            )
+        return value
+    raise TypeError(f"config type {tp!r} at {where} is not supported")  # a bug in this file
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name

@@ -1,0 +1,157 @@
+"""Checkpoint files: the original SyncTalk_2D layout plus a metadata sidecar.
+
+A checkpoint is a bare `state_dict` saved with torch.save, exactly what the
+original code writes and reads, so files move both ways. Beside it,
+`<file>.json` records what the weights are (kind, resolution preset, audio
+mode, width, code version, sha256) so they can be loaded without guessing.
+An original checkpoint has no sidecar: its preset and width are read off the
+tensor shapes; the audio mode too where the shapes tell (wenet), otherwise it
+must be given (ave and hubert differ only in a stride).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import synctalk
+from synctalk.device import resolve_device
+from synctalk.models.syncnet import SyncNet, build_syncnet
+from synctalk.models.unet import UNet, UNetSpec
+
+SIDECAR_SUFFIX = ".json"
+
+
+def sidecar_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + SIDECAR_SUFFIX)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """torch.save to a temp file in the same folder, then rename over `path`."""
+    _atomic_write(Path(path), lambda f: torch.save(obj, f))
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable torch checkpoint ({exc})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: expected a state dict of tensors")
+    return state
+
+
+def save_model(model: UNet | SyncNet, path: str | Path, **extra: Any) -> dict[str, Any]:
+    """Save `model`'s state dict in the original layout plus the sidecar; returns the metadata."""
+    path = Path(path)
+    atomic_torch_save(model.state_dict(), path)
+    if isinstance(model, UNet):
+        meta = {"kind": "unet", **_spec_dict(model.spec)}
+    elif isinstance(model, SyncNet):
+        meta = {"kind": "syncnet", "resolution": model.preset, "audio_mode": model.audio_mode}
+    else:
+        raise TypeError(f"cannot save a {type(model).__name__}")
+    meta.update(
+        code_version=synctalk.__version__,
+        saved_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        sha256=file_sha256(path),
+        **extra,
+    )
+    _atomic_write(sidecar_path(path), lambda f: f.write(json.dumps(meta, indent=2).encode()))
+    return meta
+
+
+def read_metadata(path: str | Path) -> dict[str, Any] | None:
+    side = sidecar_path(path)
+    return json.loads(side.read_text()) if side.is_file() else None
+
+
+def _spec_dict(spec: UNetSpec) -> dict[str, Any]:
+    return {"resolution": spec.resolution, "audio_mode": spec.audio_mode, "mobile": spec.mobile}
+
+
+def infer_unet_spec(state: dict[str, torch.Tensor], audio_mode: str | None = None) -> UNetSpec:
+    """Preset, width and (where visible) audio mode of a U-Net state dict."""
+    if "inc.inconv.0.conv.6.weight" not in state or "outc.conv.weight" not in state:
+        raise ValueError("not a SyncTalk_2D U-Net state dict")
+    res = "328" if any(k.startswith("up5.") for k in state) else "160"
+    mobile = state["inc.inconv.0.conv.6.weight"].shape[0] == 16
+    wenet = state["audio_model.conv1.conv.0.weight"].shape[1] == 256
+    if audio_mode is not None and (audio_mode == "wenet") != wenet:
+        raise ValueError(f"checkpoint is not a {audio_mode} U-Net")
+    mode = "wenet" if wenet else (audio_mode or "ave")
+    return UNetSpec(resolution=res, audio_mode=mode, mobile=mobile)
+
+
+def _strict_load(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: does not fit {type(model).__name__}: {exc}") from None
+
+
+def load_unet(
+    path: str | Path, audio_mode: str | None = None, device: str | torch.device = "cpu"
+) -> UNet:
+    """A U-Net from our checkpoint (sidecar) or an original one (shapes + `audio_mode`)."""
+    path = Path(path)
+    state = read_state_dict(path)
+    meta = read_metadata(path)
+    if meta is not None:
+        spec = UNetSpec(meta["resolution"], meta["audio_mode"], meta["mobile"])
+    else:
+        spec = infer_unet_spec(state, audio_mode)
+    model = UNet(spec)
+    _strict_load(model, state, path)
+    return model.to(resolve_device(device)).eval()
+
+
+def load_syncnet(
+    path: str | Path, audio_mode: str | None = None, device: str | torch.device = "cpu"
+) -> SyncNet:
+    """A SyncNet from our checkpoint (sidecar) or an original one (shapes + `audio_mode`)."""
+    path = Path(path)
+    state = read_state_dict(path)
+    meta = read_metadata(path)
+    if meta is not None:
+        res, mode = meta["resolution"], meta["audio_mode"]
+    else:
+        if "face_encoder.0.conv_block.0.weight" not in state:
+            raise ValueError(f"{path}: not a SyncTalk_2D SyncNet state dict")
+        res = "328" if "face_encoder.17.conv_block.0.weight" in state else "160"
+        wenet = state["audio_encoder.0.conv_block.0.weight"].shape[1] == 128
+        mode = "wenet" if wenet else (audio_mode or "ave")
+    model = build_syncnet(res, mode)
+    _strict_load(model, state, path)
+    return model.to(resolve_device(device)).eval()

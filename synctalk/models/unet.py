@@ -1,0 +1,142 @@
+"""SyncTalk_2D's audio-conditioned U-Net, one definition for every preset.
+
+Input: 6 channels (a reference crop of another frame + the current crop with
+the mouth masked), S x S, values in [0, 1]. Audio: a window of audio features
+(ave [32,16,16], hubert [32,32,32], wenet [256,16,32]) encoded by a small conv
+branch to the bottleneck's 10 x 10 grid and fused there. Output: the S x S
+crop through a sigmoid.
+
+The 160 preset has 4 down/up stages; the 328 preset (S = 320) adds a fifth at
+full resolution whose head is half as wide. Parameter counts equal the
+original's: 12,163,591 (160/ave) and 12,186,935 (328/ave).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from synctalk.config import AUDIO_MODES, Resolution, resolution
+from synctalk.models.blocks import DoubleConvDW, Down, InConv, InvertedResidual, OutConv, Up
+
+FULL_WIDTHS = (32, 64, 128, 256, 512)
+IMAGE_CHANNELS = 6  # reference crop (3) + masked current crop (3)
+
+# Shape of the audio window one frame is conditioned on, per audio front-end.
+UNET_AUDIO_SHAPES: dict[str, tuple[int, int, int]] = {
+    "ave": (32, 16, 16),  # 16 frames x 512-d AVE features
+    "hubert": (32, 32, 32),
+    "wenet": (256, 16, 32),
+}
+
+
+@dataclass(frozen=True)
+class UNetSpec:
+    resolution: str = "328"
+    audio_mode: str = "ave"
+    mobile: bool = False
+
+    def __post_init__(self) -> None:
+        resolution(self.resolution)  # validates
+        if self.audio_mode not in AUDIO_MODES:
+            raise ValueError(f"unknown audio mode {self.audio_mode!r}; expected {AUDIO_MODES}")
+
+    @property
+    def geometry(self) -> Resolution:
+        return resolution(self.resolution)
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return tuple(w // 2 for w in FULL_WIDTHS) if self.mobile else FULL_WIDTHS
+
+    @property
+    def audio_shape(self) -> tuple[int, int, int]:
+        return UNET_AUDIO_SHAPES[self.audio_mode]
+
+
+class AudioBranch(nn.Module):
+    """Encodes one audio window to [widths[4], 10, 10] for the bottleneck."""
+
+    def __init__(self, audio_mode: str, widths: tuple[int, ...]):
+        super().__init__()
+        in_ch = UNET_AUDIO_SHAPES[audio_mode][0]
+        w = widths
+        if audio_mode == "wenet":
+            # [256,16,32]: keep the width, halve the time axis only.
+            c1, c2, stride3 = w[3], w[3], (1, 2)
+        else:
+            # ave [32,16,16] keeps 16x16; hubert [32,32,32] halves to 16x16.
+            c1, c2, stride3 = w[1], w[2], (2 if audio_mode == "hubert" else 1)
+        self.conv1 = InvertedResidual(in_ch, c1, residual=in_ch == c1)
+        self.conv2 = InvertedResidual(c1, c2, residual=c1 == c2)
+        self.conv3 = nn.Conv2d(c2, w[3], kernel_size=3, padding=1, stride=stride3)
+        self.bn3 = nn.BatchNorm2d(w[3])
+        self.conv4 = InvertedResidual(w[3], w[3], residual=True)
+        # 16x16 -> 10x10 (padding 3, stride 2), the bottleneck grid of both presets.
+        self.conv5 = nn.Conv2d(w[3], w[4], kernel_size=3, padding=3, stride=2)
+        self.bn5 = nn.BatchNorm2d(w[4])
+        self.relu = nn.ReLU()
+        self.conv6 = InvertedResidual(w[4], w[4], residual=True)
+        self.conv7 = InvertedResidual(w[4], w[4], residual=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv2(self.conv1(x))
+        x = self.relu(self.bn3(self.conv3(x)))
+        x = self.conv4(x)
+        x = self.relu(self.bn5(self.conv5(x)))
+        return self.conv7(self.conv6(x))
+
+
+class UNet(nn.Module):
+    def __init__(self, spec: UNetSpec):
+        super().__init__()
+        self.spec = spec
+        w = spec.widths
+        depth = spec.geometry.unet_depth
+        head = spec.geometry.unet_head_width // (2 if spec.mobile else 1)
+        # Encoder widths per level, full resolution first. The 328 preset
+        # repeats the first width for its extra full-resolution level.
+        enc = [w[0]] * (depth - 3) + list(w[1:])
+
+        self.audio_model = AudioBranch(spec.audio_mode, w)
+        self.fuse_conv = nn.Sequential(
+            DoubleConvDW(w[4] * 2, w[4], stride=1),
+            DoubleConvDW(w[4], w[3], stride=1),
+        )
+        self.inc = InConv(IMAGE_CHANNELS, enc[0])
+        for i in range(depth):
+            setattr(self, f"down{i + 1}", Down(enc[i], enc[i + 1]))
+        # up k joins the skip of level depth-k; its output matches the next skip.
+        x_ch = w[3]
+        for k in range(1, depth + 1):
+            skip = enc[depth - k]
+            out = enc[depth - k - 1] if k < depth else head
+            setattr(self, f"up{k}", Up(x_ch + skip, out))
+            x_ch = out
+        self.outc = OutConv(head, 3)
+        self.depth = depth
+
+    def forward(self, x: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        skips = [self.inc(x)]
+        for i in range(1, self.depth + 1):
+            skips.append(getattr(self, f"down{i}")(skips[-1]))
+        x = torch.cat([skips.pop(), self.audio_model(audio)], dim=1)
+        x = self.fuse_conv(x)
+        for k in range(1, self.depth + 1):
+            x = getattr(self, f"up{k}")(x, skips.pop())
+        return torch.sigmoid(self.outc(x))
+
+
+def build_unet(preset: str | int = "328", audio_mode: str = "ave", mobile: bool = False) -> UNet:
+    """The U-Net for a resolution preset ("160" or "328") and audio front-end."""
+    return UNet(UNetSpec(resolution=str(preset), audio_mode=audio_mode, mobile=mobile))
+
+
+def make_unet_input(reference: torch.Tensor, current: torch.Tensor, spec: UNetSpec) -> torch.Tensor:
+    """[B,6,S,S]: the reference crop, then the current crop with its mouth_mask blacked out."""
+    x0, y0, x1, y1 = spec.geometry.mouth_mask
+    masked = current.clone()
+    masked[..., y0:y1, x0:x1] = 0
+    return torch.cat([reference, masked], dim=-3)

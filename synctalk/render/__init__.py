@@ -1,0 +1,1 @@
+"""Rendering: batched inference and ONNX runtime for the U-Net."""

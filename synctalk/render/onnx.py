@@ -1,0 +1,77 @@
+"""U-Net to ONNX, and running it with onnxruntime.
+
+On this kind of CPU onnxruntime runs the 328 U-Net about 4x faster than eager
+PyTorch with the same outputs, so CPU rendering uses it. The export has a
+dynamic batch axis; input names are `image` [B,6,S,S] and `audio` (the
+mode's window shape), output `crop` [B,3,S,S].
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from synctalk.models.unet import UNet
+
+INPUT_NAMES = ("image", "audio")
+OUTPUT_NAME = "crop"
+OPSET = 17
+
+
+def example_inputs(model: UNet, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    size = model.spec.geometry.size
+    return torch.rand(batch, 6, size, size), torch.rand(batch, *model.spec.audio_shape)
+
+
+def export_unet(model: UNet, path: str | Path) -> Path:
+    """Export `model` (eval mode, on CPU) to `path`, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.cpu().eval()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    dynamic = {name: {0: "batch"} for name in (*INPUT_NAMES, OUTPUT_NAME)}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer chatter about constant shapes
+            torch.onnx.export(
+                model,
+                example_inputs(model),
+                tmp,
+                input_names=list(INPUT_NAMES),
+                output_names=[OUTPUT_NAME],
+                dynamic_axes=dynamic,
+                opset_version=OPSET,
+                dynamo=False,  # the TorchScript exporter needs no onnxscript
+            )
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+class OnnxUNet:
+    """Callable like the U-Net, on numpy arrays, through onnxruntime."""
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(
+            str(path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+
+    def __call__(self, image: np.ndarray, audio: np.ndarray) -> np.ndarray:
+        feeds = {
+            INPUT_NAMES[0]: np.ascontiguousarray(image, dtype=np.float32),
+            INPUT_NAMES[1]: np.ascontiguousarray(audio, dtype=np.float32),
+        }
+        return self.session.run([OUTPUT_NAME], feeds)[0]

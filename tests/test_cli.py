@@ -1,0 +1,45 @@
+import subprocess
+import sys
+
+import numpy as np
+
+from synctalk.cli import main
+
+
+def test_help_explains_every_command():
+    out = subprocess.run(
+        [sys.executable, "-m", "synctalk.cli", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "info" in out and "demo" in out
+    demo = subprocess.run(
+        [sys.executable, "-m", "synctalk.cli", "demo", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "--preset" in demo and "--out" in demo
+
+
+def test_info(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "torch" in out and "device" in out and "ffmpeg" in out
+
+
+def test_demo_runs_on_built_in_data(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--seconds", "1.5"]) == 0
+    out = capsys.readouterr().out
+    assert "onnxruntime ms/frame" in out
+    features = np.load(tmp_path / "ave.npy")
+    assert features.shape[1] == 512 and len(features) > 30
+    for name in ("unet.pth", "unet.pth.json", "unet.onnx", "ave_encoder.pth"):
+        assert (tmp_path / name).is_file()
+    agreement = [ln for ln in out.splitlines() if ln.startswith("max |torch")][0]
+    assert float(agreement.split()[-1]) < 1e-4
+
+
+def test_bad_params_file_is_one_clear_error(tmp_path, caplog):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("devcie: cpu\n")
+    assert main(["info", "--params", str(bad)]) == 2
+    assert "devcie" in caplog.text

@@ -1,0 +1,114 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from synctalk.models import AudioEncoder, build_syncnet, build_unet
+from synctalk.models.syncnet import SYNCNET_AUDIO_SHAPES, sync_probability
+from synctalk.models.unet import UNET_AUDIO_SHAPES, make_unet_input
+from tests.conftest import SHARED
+
+
+def _reference_files() -> list[Path]:
+    files = sorted((SHARED / "reference").glob("*.state_dict.tsv"))
+    return files or [pytest.param(None, marks=pytest.mark.skip(reason="../shared absent"))]
+
+
+def _read_layout(path: Path) -> tuple[dict[str, tuple[int, ...]], int]:
+    lines = path.read_text().splitlines()
+    params = int(lines[0].split("parameters=")[1].split(";")[0])
+    layout = {}
+    for line in lines[2:]:
+        key, shape, _dtype = line.split("\t")
+        layout[key] = () if shape == "scalar" else tuple(int(s) for s in shape.split("x"))
+    return layout, params
+
+
+def _model_for(name: str) -> torch.nn.Module:
+    if name == "ave_audio_encoder":
+        return AudioEncoder()
+    kind, rest = ("unet", name[4:]) if name.startswith("unet") else ("syncnet", name[7:])
+    preset, mode = rest.split("_")
+    return build_unet(preset, mode) if kind == "unet" else build_syncnet(preset, mode)
+
+
+@pytest.mark.parametrize(
+    "layout_file", _reference_files(), ids=lambda p: p and p.name.split(".")[0]
+)
+def test_state_dict_matches_original_layout(layout_file):
+    expected, n_params = _read_layout(layout_file)
+    model = _model_for(layout_file.name.split(".")[0])
+    got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert got == expected
+    assert sum(p.numel() for p in model.parameters()) == n_params
+
+
+def test_parameter_counts_quoted_in_design():
+    assert sum(p.numel() for p in build_unet("160").parameters()) == 12_163_591
+    assert sum(p.numel() for p in build_unet("328").parameters()) == 12_186_935
+
+
+@pytest.mark.parametrize("preset", ["160", "328"])
+@pytest.mark.parametrize("mode", ["ave", "hubert", "wenet"])
+def test_unet_forward_shape_and_range(preset, mode):
+    torch.manual_seed(0)
+    model = build_unet(preset, mode).eval()
+    size = model.spec.geometry.size
+    x = torch.rand(2, 6, size, size)
+    audio = torch.randn(2, *UNET_AUDIO_SHAPES[mode])
+    with torch.inference_mode():
+        y = model(x, audio)
+    assert y.shape == (2, 3, size, size)
+    assert y.min() >= 0 and y.max() <= 1
+    # the audio is actually used: another window changes the output (in train
+    # mode: a fresh model's eval-mode activations all but vanish with depth)
+    model.train()
+    with torch.no_grad():
+        assert (model(x, audio) - model(x, audio.flip(0))).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("preset", ["160", "328"])
+def test_mobile_unet_is_smaller_and_runs(preset):
+    full = sum(p.numel() for p in build_unet(preset).parameters())
+    model = build_unet(preset, mobile=True).eval()
+    assert sum(p.numel() for p in model.parameters()) < full / 3
+    size = model.spec.geometry.size
+    with torch.inference_mode():
+        y = model(torch.rand(1, 6, size, size), torch.randn(1, 32, 16, 16))
+    assert y.shape == (1, 3, size, size)
+
+
+@pytest.mark.parametrize("preset", ["160", "328"])
+@pytest.mark.parametrize("mode", ["ave", "hubert", "wenet"])
+def test_syncnet_gives_unit_vectors(preset, mode):
+    model = build_syncnet(preset, mode).eval()
+    size = 160 if preset == "160" else 320
+    with torch.inference_mode():
+        a, f = model(torch.rand(2, 3, size, size), torch.randn(2, *SYNCNET_AUDIO_SHAPES[mode]))
+    assert a.shape == f.shape == (2, 512 * 3 * 3)
+    torch.testing.assert_close(a.norm(dim=1), torch.ones(2))
+    torch.testing.assert_close(f.norm(dim=1), torch.ones(2))
+    p = sync_probability(a, f)
+    assert ((p > 0) & (p < 1)).all()
+
+
+def test_audio_encoder_output():
+    with torch.inference_mode():
+        out = AudioEncoder().eval()(torch.randn(3, 1, 80, 16))
+    assert out.shape == (3, 512)
+
+
+def test_unet_input_masks_exactly_the_mouth_rectangle():
+    spec = build_unet("160").spec
+    ref = torch.full((1, 3, 160, 160), 0.25)
+    cur = torch.ones(1, 3, 160, 160)
+    x = make_unet_input(ref, cur, spec)
+    assert x.shape == (1, 6, 160, 160)
+    assert torch.equal(x[:, :3], ref)
+    masked = x[0, 3:]
+    zero = (masked == 0).all(dim=0).numpy()
+    ys, xs = np.nonzero(zero)
+    assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == spec.geometry.mouth_mask
+    assert zero.sum() == (155 - 5) * (150 - 5)
+    assert torch.equal(cur, torch.ones(1, 3, 160, 160))  # input not modified
