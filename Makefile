@@ -30,6 +30,7 @@ demo: setup
 
 bench: setup
 	$(PY) benchmarks/models.py
+	$(PY) benchmarks/prepare.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -46,6 +46,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_avatar_add(args: argparse.Namespace) -> int:
+    """Copy a video into data/avatars/<name>/ and list the avatar in params.yaml."""
+    from synctalk.avatars import add_avatar
+
+    target = add_avatar(
+        args.name, Path(args.video), args.preset, Path(args.params), force=args.force
+    )
+    print(f"added avatar {args.name!r}: {target} (preset {args.preset})")
+    print(f"prepare it with: dvc repro extract@{args.name} landmarks@{args.name} ave@{args.name}")
+    print("or everything at once: dvc repro")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="synctalk",
@@ -60,6 +73,25 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="versions, device and ffmpeg in use")
     info.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
     info.set_defaults(func=_cmd_info)
+
+    avatar = sub.add_parser("avatar", help="manage avatars (the people videos are made of)")
+    avatar_sub = avatar.add_subparsers(dest="avatar_command", required=True, metavar="ACTION")
+    add = avatar_sub.add_parser(
+        "add",
+        help="add an avatar from a video of the person talking to camera",
+        description=(
+            "Check the video (video and audio streams, long enough), copy it to "
+            "data/avatars/<name>/source.<ext> and add <name> to params.yaml, so that "
+            "`dvc repro` prepares it."
+        ),
+    )
+    add.add_argument("name", help="avatar name: lower-case letters, digits, '-' and '_'")
+    add.add_argument("video", help="the source video (any format ffmpeg reads)")
+    add.add_argument("--preset", default="default", help="model preset from params.yaml "
+                     "(default: %(default)s; 'tiny' trains on a CPU in minutes)")  # fmt: skip
+    add.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    add.add_argument("--force", action="store_true", help="replace an existing avatar")
+    add.set_defaults(func=_cmd_avatar_add)
 
     demo = sub.add_parser(
         "demo",

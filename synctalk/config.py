@@ -111,8 +111,44 @@ class AvatarConfig:
 
 
 @dataclass(frozen=True)
+class ExtractParams:
+    min_duration_s: float = 3.0  # shorter clips cannot train a mouth model
+    crf: int = 12  # x264 quality of the 25 fps mezzanine (lower is better)
+
+
+@dataclass(frozen=True)
+class LandmarkParams:
+    backend: Literal["mediapipe", "onnx"] = "mediapipe"
+    onnx_detector: str = "models/face/scrfd_2.5g_kps.onnx"
+    onnx_landmarks: str = "models/face/pfld_98pt_112.onnx"
+    max_gap_frames: int = 12  # frames without a face that are interpolated (0.48 s)
+    smoothing_sigma: float = 3.0  # frames; Gaussian smoothing of the crop box over time
+
+
+@dataclass(frozen=True)
+class AveEncoderParams:
+    """Training the AVE AudioEncoder when the official weights are not provided."""
+
+    official_weights: str = "models/ave/audio_visual_encoder.pth"
+    steps: int = 1500
+    batch_size: int = 32
+    learning_rate: float = 5e-4
+    min_offset_frames: int = 6  # negatives: audio at least this far from the frame
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class AveParams:
+    batch_size: int = 256
+
+
+@dataclass(frozen=True)
 class Config:
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    extract: ExtractParams = field(default_factory=ExtractParams)
+    landmarks: LandmarkParams = field(default_factory=LandmarkParams)
+    ave_encoder: AveEncoderParams = field(default_factory=AveEncoderParams)
+    ave: AveParams = field(default_factory=AveParams)
     presets: dict[str, ModelPreset] = field(default_factory=lambda: {"default": ModelPreset()})
     avatars: dict[str, AvatarConfig] = field(default_factory=dict)
 
@@ -216,14 +252,17 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         if value is not None:
             raise ConfigError(f"{where}: expected nothing (null), got {value!r}")
         return None
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
     if tp in (str, int, float, bool):
-        if type(value) is not tp:
+        # isinstance, not type(): round-trip YAML loaders hand out str/float subclasses.
+        # bool is an int to Python but never a number in a config.
+        ok = isinstance(value, tp) and not (tp is not bool and isinstance(value, bool))
+        if tp is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if not ok:
             raise ConfigError(
                 f"{where}: expected {tp.__name__}, got {type(value).__name__} ({value!r})"
             )
-        return value
+        return tp(value)
     raise TypeError(f"config type {tp!r} at {where} is not supported")  # a bug in this file
 
 

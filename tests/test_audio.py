@@ -92,6 +92,12 @@ def test_8k_mono_is_upsampled(tmp_path):
     assert abs(np.argmax(spectrum) * 16_000 / len(wav) - 440) < 2
 
 
+def test_odd_file_names_are_not_taken_for_urls(tmp_path, shared):
+    odd = tmp_path / "take 2:30.wav"
+    odd.write_bytes(shared("data", "audio", "macron_fr_12s.wav").read_bytes())
+    assert len(load_audio(odd)) > 16_000
+
+
 def test_audio_track_of_a_video_loads(shared):
     wav = load_audio(shared("data", "videos", "may_5s.mp4"))
     assert abs(len(wav) / 16_000 - 5.0) < 0.05
@@ -134,6 +140,8 @@ def test_bad_files_raise_a_clear_error_naming_the_file(tmp_path, shared, case):
     with pytest.raises(AudioError) as info:
         load_audio(path)
     assert str(path) in str(info.value)
+    if case == "no-audio":
+        assert "no audio stream" in str(info.value)
 
 
 def test_mel_window_boundaries():

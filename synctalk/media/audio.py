@@ -24,7 +24,7 @@ import soxr
 from scipy import signal
 
 from synctalk.config import FPS, SAMPLE_RATE
-from synctalk.media.ffmpeg import MediaError, run_ffmpeg
+from synctalk.media.ffmpeg import MediaError, check_file, ffmpeg_input, run_ffmpeg
 
 
 class AudioError(MediaError):
@@ -65,18 +65,26 @@ def load_audio(path: str | Path) -> np.ndarray:
     stream, or cannot be decoded.
     """
     path = Path(path)
-    if not path.is_file():
-        raise AudioError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise AudioError(f"{path}: empty file")
     try:
+        check_file(path)
         wav_bytes, log = run_ffmpeg(
-            ["-i", str(path), "-map", "0:a:0", "-vn", "-c:a", "pcm_f32le", "-f", "wav", "-"],
+            [
+                "-i",
+                ffmpeg_input(path),
+                "-map",
+                "0:a:0",
+                "-vn",
+                "-c:a",
+                "pcm_f32le",
+                "-f",
+                "wav",
+                "-",
+            ],
             source=path,
             loglevel="info",  # the declared duration and corruption warnings are needed
         )
     except MediaError as exc:
-        detail = str(exc).split(": ", 1)[-1]
+        detail = str(exc).removeprefix(f"{path}: ")
         if "matches no streams" in detail:
             detail = "no audio stream"
         raise AudioError(f"{path}: cannot decode audio ({detail})") from None

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 import synctalk
+from synctalk.atomic import atomic_path
 from synctalk.device import resolve_device
 from synctalk.models.syncnet import SyncNet, build_syncnet
 from synctalk.models.unet import UNet, UNetSpec
@@ -42,21 +42,14 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """torch.save to a temp file in the same folder, then rename over `path`."""
-    _atomic_write(Path(path), lambda f: torch.save(obj, f))
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def atomic_save_npy(array: np.ndarray, path: str | Path) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -88,7 +81,8 @@ def save_model(model: UNet | SyncNet, path: str | Path, **extra: Any) -> dict[st
         sha256=file_sha256(path),
         **extra,
     )
-    _atomic_write(sidecar_path(path), lambda f: f.write(json.dumps(meta, indent=2).encode()))
+    with atomic_path(sidecar_path(path)) as tmp:
+        tmp.write_text(json.dumps(meta, indent=2))
     return meta
 
 

@@ -8,14 +8,13 @@ mode's window shape), output `crop` [B,3,S,S].
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from synctalk.atomic import atomic_path
 from synctalk.models.unet import UNet
 
 INPUT_NAMES = ("image", "audio")
@@ -31,12 +30,9 @@ def example_inputs(model: UNet, batch: int = 1) -> tuple[torch.Tensor, torch.Ten
 def export_unet(model: UNet, path: str | Path) -> Path:
     """Export `model` (eval mode, on CPU) to `path`, atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     dynamic = {name: {0: "batch"} for name in (*INPUT_NAMES, OUTPUT_NAME)}
-    try:
+    with atomic_path(path) as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer chatter about constant shapes
             torch.onnx.export(
@@ -49,10 +45,6 @@ def export_unet(model: UNet, path: str | Path) -> Path:
                 opset_version=OPSET,
                 dynamo=False,  # the TorchScript exporter needs no onnxscript
             )
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -1,0 +1,40 @@
+"""What every stage shares: arguments, logging, config, one clear error on failure."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from synctalk.config import Config, ConfigError, load_config
+from synctalk.paths import AvatarPaths
+
+log = logging.getLogger("stages")
+
+
+def run_stage(
+    name: str, description: str, body: Callable[[str, Config, AvatarPaths], None]
+) -> None:
+    """Parse `<avatar> [--params]`, run `body`, exit 1 with one error line on failure."""
+    parser = argparse.ArgumentParser(prog=f"python -m stages.{name}", description=description)
+    parser.add_argument("avatar", help="avatar name, as listed under `avatars:` in params.yaml")
+    parser.add_argument(
+        "--params", default="params.yaml", help="params file (default: %(default)s)"
+    )
+    args = parser.parse_args()
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = load_config(args.params)
+        if args.avatar not in config.avatars:
+            raise ConfigError(
+                f"unknown avatar {args.avatar!r}; {args.params} lists {sorted(config.avatars)}"
+            )
+        body(args.avatar, config, AvatarPaths(args.avatar, Path(".")))
+    except Exception as exc:  # one readable line for DVC's log, the trace at debug level
+        log.debug("stage %s failed", name, exc_info=True)
+        log.error("%s@%s failed: %s", name, args.avatar, exc)
+        sys.exit(1)

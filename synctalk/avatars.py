@@ -1,0 +1,67 @@
+"""Adding an avatar: copy its video into place and list it in params.yaml.
+
+params.yaml is edited with ruamel's round-trip mode so the user's comments
+and ordering survive. The video is checked first (video and audio streams,
+long enough), so a bad file never gets as far as `dvc repro`.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap
+
+from synctalk.atomic import atomic_path
+from synctalk.config import ConfigError, config_from_dict
+from synctalk.media.extract import validate_source
+from synctalk.paths import AvatarPaths
+
+NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+def add_avatar(
+    name: str,
+    video: Path,
+    preset: str = "default",
+    params_path: Path = Path("params.yaml"),
+    root: Path = Path("."),
+    force: bool = False,
+) -> Path:
+    """Copy `video` to data/avatars/<name>/source.<ext> and add it to params.yaml."""
+    if not NAME.match(name):
+        raise ConfigError(
+            f"avatar name {name!r}: use lower-case letters, digits, '-' and '_' (it names "
+            "folders, DVC stages and the MLflow model)"
+        )
+    yaml = YAML()
+    yaml.preserve_quotes = True
+    data = yaml.load(params_path.read_text()) if params_path.exists() else CommentedMap()
+    config = config_from_dict(data, source=str(params_path))
+    if preset not in config.presets:
+        raise ConfigError(
+            f"unknown preset {preset!r}; {params_path} defines {sorted(config.presets)}"
+        )
+    if name in config.avatars and not force:
+        raise ConfigError(
+            f"avatar {name!r} already exists in {params_path} (use --force to replace)"
+        )
+    video = Path(video)
+    validate_source(video, config.extract)
+
+    target = AvatarPaths(name, root).avatar_dir / f"source{video.suffix.lower() or '.mp4'}"
+    with atomic_path(target) as tmp:
+        shutil.copyfile(video, tmp)
+
+    avatars = data.get("avatars")
+    if not isinstance(avatars, CommentedMap) or not avatars:
+        avatars = CommentedMap(avatars or {})
+        avatars.fa.set_block_style()
+        data["avatars"] = avatars
+    entry = CommentedMap(video=target.relative_to(root).as_posix(), preset=preset)
+    avatars[name] = entry
+    with atomic_path(params_path) as tmp, open(tmp, "w") as f:
+        yaml.dump(data, f)
+    return target

@@ -1,0 +1,62 @@
+"""Where an avatar's files live. Stable paths, so tools and people can find things."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class AvatarPaths:
+    name: str
+    root: Path = Path(".")
+
+    @property
+    def avatar_dir(self) -> Path:
+        return self.root / "data" / "avatars" / self.name
+
+    @property
+    def work(self) -> Path:
+        return self.root / "data" / "work" / self.name
+
+    @property
+    def models(self) -> Path:
+        return self.root / "data" / "models" / self.name
+
+    # extract
+    @property
+    def video(self) -> Path:
+        """The 25 fps constant-frame-rate mezzanine."""
+        return self.work / "video.mp4"
+
+    @property
+    def audio(self) -> Path:
+        """16 kHz mono 16-bit WAV of the source's audio."""
+        return self.work / "audio.wav"
+
+    @property
+    def frames(self) -> Path:
+        return self.work / "frames.parquet"
+
+    # landmarks
+    @property
+    def landmarks(self) -> Path:
+        return self.work / "landmarks.parquet"
+
+    @property
+    def crops(self) -> Path:
+        """uint8 [N, crop_size, crop_size, 3] BGR training crops, memory-mappable."""
+        return self.work / "crops.npy"
+
+    # audio features
+    @property
+    def ave_encoder(self) -> Path:
+        return self.models / "ave_encoder.pth"
+
+    @property
+    def ave(self) -> Path:
+        return self.work / "ave.npy"
+
+    @property
+    def ave_manifest(self) -> Path:
+        return self.work / "ave.parquet"

@@ -1,0 +1,73 @@
+"""MLflow helpers: one run per stage, logged the same way everywhere.
+
+The tracking store defaults to `sqlite:///mlflow.db` in the working directory
+(the repo root when DVC runs a stage); MLFLOW_TRACKING_URI overrides it, e.g.
+to point a team at a shared server. Telemetry of MLflow, Prefect and DVC is
+switched off here because the machines this runs on are often offline.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+OFFLINE_ENV = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "DVC_NO_ANALYTICS": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
+
+
+def apply_offline_env() -> None:
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def tracking_uri(root: Path = Path(".")) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlflow.db').resolve()}"
+
+
+def flatten(params: Mapping[str, Any] | Any, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; dataclasses are expanded too."""
+    if is_dataclass(params):
+        params = asdict(params)
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if is_dataclass(value) or isinstance(value, Mapping):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def git_commit(root: Path = Path(".")) -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+@contextmanager
+def stage_run(stage: str, avatar: str, params: Any, root: Path = Path(".")) -> Iterator[Any]:
+    """An MLflow run for `stage` of `avatar`, in the experiment `avatar-<name>`."""
+    apply_offline_env()
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri(root))
+    mlflow.set_experiment(f"avatar-{avatar}")
+    tags = {"stage": stage, "avatar": avatar, "git_commit": git_commit(root)}
+    with mlflow.start_run(run_name=f"{stage}@{avatar}", tags=tags) as run:
+        mlflow.log_params({k: str(v)[:500] for k, v in flatten(params).items()})
+        yield run
