@@ -143,12 +143,24 @@ class AveParams:
 
 
 @dataclass(frozen=True)
+class RenderParams:
+    crf: int = 18  # x264 quality of rendered videos (lower is better, 18 ~ visually lossless)
+    x264_preset: str = "veryfast"
+    same_start_end: bool = False  # end the background loop on the frame it started on
+    feather: float = 0.08  # fraction of the crop side blended softly at the crop border
+    batch_size: int = 16  # frames per model call on a GPU (the CPU runs one at a time)
+    runtime: Literal["auto", "onnx", "torch"] = "auto"  # auto: torch on GPU, onnxruntime on CPU
+    queue_frames: int = 32  # bound on frames in flight between decode, model and encode
+
+
+@dataclass(frozen=True)
 class Config:
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     extract: ExtractParams = field(default_factory=ExtractParams)
     landmarks: LandmarkParams = field(default_factory=LandmarkParams)
     ave_encoder: AveEncoderParams = field(default_factory=AveEncoderParams)
     ave: AveParams = field(default_factory=AveParams)
+    render: RenderParams = field(default_factory=RenderParams)
     presets: dict[str, ModelPreset] = field(default_factory=lambda: {"default": ModelPreset()})
     avatars: dict[str, AvatarConfig] = field(default_factory=dict)
 
