@@ -9,7 +9,7 @@ from stages._common import run_stage
 from synctalk.config import Config
 from synctalk.device import resolve_device
 from synctalk.paths import AvatarPaths
-from synctalk.tracking import stage_run
+from synctalk.tracking import inputs_fingerprint, stage_run
 from synctalk.train.ave_encoder import prepare_audio_encoder
 
 log = logging.getLogger("stages.ave_encoder")
@@ -23,7 +23,8 @@ def ave_encoder(name: str, config: Config, paths: AvatarPaths) -> None:
         source = prepare_audio_encoder(
             Path(params.official_weights), paths.crops, paths.audio,
             config.preset_of(name).geometry, params, paths.ave_encoder,
-            resolve_device(config.device),
+            resolve_device(config.device), paths.training_state("ave_encoder"),
+            inputs_fingerprint([paths.crops, paths.audio]),
         )  # fmt: skip
         mlflow.set_tags({"encoder_source": source.kind, "encoder_sha256": source.sha256})
         if source.report is not None:

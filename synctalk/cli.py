@@ -59,6 +59,100 @@ def _cmd_avatar_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_render(args: argparse.Namespace) -> int:
+    """Render an avatar saying one audio file or every audio file in a folder."""
+    from synctalk.config import load_config
+    from synctalk.render.batch import render_batch
+
+    _use_tracking(args)
+    config = load_config(args.params)
+    if args.device:
+        from dataclasses import replace
+
+        config = replace(config, device=args.device)
+    out = Path(args.out) if args.out else Path("data") / "renders" / args.avatar
+    outcomes = render_batch(config, args.avatar, Path(args.audio), out, args.model_alias,
+                            args.glob)  # fmt: skip
+    for o in outcomes:
+        detail = f"{o.frames} frames, {o.seconds:.1f} s" if o.status == "done" else o.error
+        print(f"{o.status:6s} {o.output}  ({detail})")
+    failed = sum(o.status == "failed" for o in outcomes)
+    print(f"{len(outcomes) - failed} rendered, {failed} failed")
+    return 1 if failed else 0
+
+
+def _cmd_export_onnx(args: argparse.Namespace) -> int:
+    """Export a U-Net checkpoint to ONNX and check onnxruntime agrees with torch."""
+    import numpy as np
+    import torch
+
+    from synctalk.models.checkpoint import load_unet
+    from synctalk.render.onnx import OnnxUNet, example_inputs, export_unet
+
+    unet = load_unet(args.checkpoint, audio_mode=args.audio_mode)
+    out = export_unet(unet, Path(args.out))
+    image, audio = example_inputs(unet, batch=2)
+    with torch.inference_mode():
+        expected = unet(image, audio).numpy()
+    error = float(np.abs(OnnxUNet(out)(image.numpy(), audio.numpy()) - expected).max())
+    if error > 1e-3:
+        out.unlink()
+        raise RuntimeError(f"onnxruntime disagrees with torch by {error:.2e}; nothing exported")
+    print(f"{out}: {unet.spec}, max |onnxruntime - torch| = {error:.1e}")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the Prefect deployments (render/batch on its cron, train/avatar)."""
+    from flows.serve import main as serve
+
+    serve()
+    return 0
+
+
+def _use_tracking(args: argparse.Namespace) -> None:
+    import mlflow
+
+    from synctalk.tracking import apply_offline_env, tracking_uri
+
+    apply_offline_env()
+    mlflow.set_tracking_uri(tracking_uri())
+
+
+def _cmd_models_list(args: argparse.Namespace) -> int:
+    """Print the registered versions of an avatar's model with their metrics."""
+    from synctalk.registry import describe_versions
+
+    _use_tracking(args)
+    rows = describe_versions(args.avatar)
+    if not rows:
+        print(f"no versions of avatar-{args.avatar} yet (train it: dvc repro unet@{args.avatar})")
+        return 1
+    columns = ["version", "aliases", "created", "val_l1"]
+    columns += sorted({k for row in rows for k in row} - set(columns))
+    print("  ".join(f"{c:>10}" for c in columns))
+    for row in rows:
+        cells = []
+        for c in columns:
+            value = row.get(c)
+            cells.append(f"{value:>10.4g}" if isinstance(value, float) else f"{value or '-':>10}")
+        print("  ".join(cells))
+    return 0
+
+
+def _cmd_models_promote(args: argparse.Namespace) -> int:
+    """Point an alias (champion by default) at a version after review."""
+    from synctalk.registry import list_versions, set_alias
+
+    _use_tracking(args)
+    known = [v.version for v in list_versions(args.avatar)]
+    if str(args.version) not in known:
+        raise ValueError(f"avatar-{args.avatar} has no version {args.version} (versions: {known})")
+    set_alias(args.avatar, str(args.version), args.alias)
+    print(f"avatar-{args.avatar} version {args.version} is now @{args.alias}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="synctalk",
@@ -93,6 +187,67 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--force", action="store_true", help="replace an existing avatar")
     add.set_defaults(func=_cmd_avatar_add)
 
+    render = sub.add_parser(
+        "render",
+        help="render an avatar saying audio files",
+        description="Render AVATAR saying AUDIO (a file, or every audio file in a folder) "
+        "to OUT/<audio stem>.mp4 (25 fps H.264 + AAC). The model is the registry's "
+        "@champion for the avatar, else its newest version, unless --model-alias says "
+        "otherwise. A file that fails is reported and the others go on.",
+    )
+    render.add_argument("--avatar", required=True, help="avatar name from params.yaml")
+    render.add_argument("--audio", required=True, help="an audio file or a folder of them")
+    render.add_argument("--out", help="output folder (default: data/renders/<avatar>)")
+    render.add_argument("--model-alias", help="alias (e.g. candidate) or version number")
+    render.add_argument("--glob", default="*", help="file pattern inside a folder (default: *)")
+    render.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"],
+                        help="override params.yaml's device")  # fmt: skip
+    render.add_argument(
+        "--params", default="params.yaml", help="params file (default: %(default)s)"
+    )
+    render.set_defaults(func=_cmd_render)
+
+    export = sub.add_parser(
+        "export-onnx",
+        help="export a U-Net checkpoint to ONNX (dynamic batch), checked against torch",
+    )
+    export.add_argument("checkpoint", help="U-Net .pth (ours, or an original SyncTalk_2D one)")
+    export.add_argument("out", help="the .onnx file to write")
+    export.add_argument("--audio-mode", choices=["ave", "hubert", "wenet"],
+                        help="for an original checkpoint without sidecar (ave and hubert "
+                        "look alike)")  # fmt: skip
+    export.set_defaults(func=_cmd_export_onnx)
+
+    serve = sub.add_parser(
+        "serve",
+        help="serve the Prefect deployments render/batch (nightly) and train/avatar",
+        description="Register and run the deployments against $PREFECT_API_URL (start a "
+        "local server with `prefect server start`). Stays up; Ctrl-C stops it.",
+    )
+    serve.set_defaults(func=_cmd_serve)
+
+    models = sub.add_parser(
+        "models",
+        help="review and promote trained avatar models (MLflow registry)",
+        description="The MLflow registry holds one model per avatar, avatar-<name>; each "
+        "training adds a version. The tracking store is $MLFLOW_TRACKING_URI, else "
+        "./mlflow.db.",
+    )
+    models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    listing = models_sub.add_parser("list", help="versions of an avatar's model with metrics")
+    listing.add_argument("avatar")
+    listing.set_defaults(func=_cmd_models_list)
+    promote = models_sub.add_parser(
+        "promote",
+        help="make a version the champion (what renders use)",
+        description="Set an alias on a version. Renders use @champion when it is set, "
+        "else the newest version.",
+    )
+    promote.add_argument("avatar")
+    promote.add_argument("version", help="version number, see `synctalk models list`")
+    promote.add_argument("--alias", default="champion", help="alias to set (default: %(default)s)")
+    promote.set_defaults(func=_cmd_models_promote)
+
     demo = sub.add_parser(
         "demo",
         help="run the model core on built-in data (no input needed)",
@@ -118,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         code = args.func(args)
-    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+    except (ValueError, RuntimeError, LookupError, OSError) as exc:
         log.error("%s", exc)
         return 2
     log.debug("done in %.1f s", time.perf_counter() - started)

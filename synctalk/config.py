@@ -92,12 +92,47 @@ def resolution(name: str | int) -> Resolution:
 
 
 @dataclass(frozen=True)
+class Training:
+    """Settings every training run shares (see synctalk.train.trainer)."""
+
+    epochs: int = 10
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    steps_per_epoch: int = 0  # 0: a full pass over the training frames
+    warmup_fraction: float = 0.05
+    weight_decay: float = 1e-4
+    colour_jitter: float = 0.0  # strength of brightness/contrast/gain augmentation
+    checkpoint_every: int = 100  # steps between resumable checkpoints
+    num_workers: int = 0  # data loader processes
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SyncNetTraining(Training):
+    epochs: int = 40
+    min_offset_frames: int = 6  # off-sync pairs are this many frames apart or more
+
+
+@dataclass(frozen=True)
+class UNetTraining(Training):
+    epochs: int = 100
+    batch_size: int = 8
+    l1_weight: float = 1.0
+    perceptual_weight: float = 0.01  # VGG19 conv3_3 features; needs vgg19 weights
+    sync_weight: float = 10.0  # the avatar's frozen SyncNet
+    vgg19: str = "models/vgg19.pth"  # torchvision-format VGG19 state dict
+    init_checkpoint: str = ""  # an original SyncTalk_2D U-Net to fine-tune from
+
+
+@dataclass(frozen=True)
 class ModelPreset:
     """What a named preset in params.yaml (e.g. `tiny`) fixes about the models."""
 
     resolution: Literal["160", "328"] = "328"
     audio_mode: AudioMode = "ave"
     mobile: bool = False  # half channel widths: faster, slightly lower quality
+    syncnet: SyncNetTraining = field(default_factory=SyncNetTraining)
+    unet: UNetTraining = field(default_factory=UNetTraining)
 
     @property
     def geometry(self) -> Resolution:
@@ -154,6 +189,17 @@ class RenderParams:
 
 
 @dataclass(frozen=True)
+class NightlyParams:
+    """The scheduled batch render: every parameter has a default, as a cron run needs."""
+
+    avatar: str = "demo"
+    audio_dir: str = "data/inbox"
+    glob: str = "*"
+    cron: str = "0 2 * * *"  # every night at 02:00 (the server's time zone)
+    max_parallel: int = 1  # audio files rendered at once (a CPU render uses both cores)
+
+
+@dataclass(frozen=True)
 class Config:
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     extract: ExtractParams = field(default_factory=ExtractParams)
@@ -161,6 +207,7 @@ class Config:
     ave_encoder: AveEncoderParams = field(default_factory=AveEncoderParams)
     ave: AveParams = field(default_factory=AveParams)
     render: RenderParams = field(default_factory=RenderParams)
+    nightly: NightlyParams = field(default_factory=NightlyParams)
     presets: dict[str, ModelPreset] = field(default_factory=lambda: {"default": ModelPreset()})
     avatars: dict[str, AvatarConfig] = field(default_factory=dict)
 

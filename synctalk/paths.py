@@ -60,3 +60,17 @@ class AvatarPaths:
     @property
     def ave_manifest(self) -> Path:
         return self.work / "ave.parquet"
+
+    # training
+    @property
+    def syncnet(self) -> Path:
+        return self.models / "syncnet.pth"
+
+    @property
+    def unet(self) -> Path:
+        return self.models / "unet.pth"
+
+    def training_state(self, stage: str) -> Path:
+        """Resumable trainer state of a stage: kept outside DVC's outputs, which
+        DVC deletes before re-running a stage."""
+        return self.root / "data" / "checkpoints" / self.name / stage

@@ -71,3 +71,40 @@ def stage_run(stage: str, avatar: str, params: Any, root: Path = Path(".")) -> I
     with mlflow.start_run(run_name=f"{stage}@{avatar}", tags=tags) as run:
         mlflow.log_params({k: str(v)[:500] for k, v in flatten(params).items()})
         yield run
+
+
+def log_history_plot(history: Any, path: Path, title: str) -> Path:
+    """Loss curves (train per epoch, validation from step 0) as a PNG artifact."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({k for row in history.val for k in row})
+    fig, axes = plt.subplots(1, len(keys) + 1, figsize=(4 * (len(keys) + 1), 3))
+    train_loss = [row.get("train_loss") for row in history.train]
+    axes[0].plot(range(1, len(train_loss) + 1), train_loss, marker="o")
+    axes[0].set(title="train loss", xlabel="epoch")
+    for ax, key in zip(axes[1:], keys, strict=True):
+        ax.plot(range(len(history.val)), [row.get(key) for row in history.val], marker="o")
+        ax.set(title=key, xlabel="epoch (0: before training)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def inputs_fingerprint(paths: list[Path]) -> str:
+    """md5 over the inputs' md5s, as DVC computes them for dvc.lock (files only)."""
+    import hashlib
+
+    digest = hashlib.md5()
+    for path in sorted(paths):
+        file_md5 = hashlib.md5()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                file_md5.update(block)
+        digest.update(f"{path}:{file_md5.hexdigest()}\n".encode())
+    return digest.hexdigest()

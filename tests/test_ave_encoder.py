@@ -5,22 +5,21 @@ import torch
 from synctalk.config import AveEncoderParams, resolution
 from synctalk.features.ave import load_encoder
 from synctalk.train.ave_encoder import (
-    _pairs,
     lower_face,
     prepare_audio_encoder,
     train_audio_encoder,
 )
+from synctalk.train.data import off_sync_frame
 
 
-def test_off_sync_pairs_are_close_but_not_in_sync():
+def test_off_sync_frames_are_close_but_not_in_sync():
     rng = np.random.default_rng(0)
     frames = np.arange(100, 400)
-    face, audio, label = _pairs(rng, frames, 500, min_offset=6)
-    assert (label[:500] == 1).all() and (label[500:] == 0).all()
-    assert (face[:500] == audio[:500]).all()
-    offset = np.abs(audio[500:] - face[500:])
-    assert offset.min() >= 6 and offset.max() <= 18
-    assert audio.min() >= 100 and audio.max() <= 399
+    for frame in rng.integers(100, 400, size=300):
+        other = off_sync_frame(rng, frames, int(frame), min_offset=6)
+        assert 6 <= abs(other - frame) <= 18 and 100 <= other < 400
+    # a short range: still at least min_offset away
+    assert abs(off_sync_frame(rng, np.arange(14), 7, min_offset=6) - 7) >= 6
 
 
 def test_lower_face_takes_the_bottom_half_of_the_inner_crop():

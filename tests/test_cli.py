@@ -43,3 +43,24 @@ def test_bad_params_file_is_one_clear_error(tmp_path, caplog):
     bad.write_text("devcie: cpu\n")
     assert main(["info", "--params", str(bad)]) == 2
     assert "devcie" in caplog.text
+
+
+def test_export_onnx_command(tmp_path, capsys):
+    import torch
+
+    from synctalk.models import build_unet
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "original.pth"
+    torch.save(build_unet("160", mobile=True).state_dict(), checkpoint)
+    assert main(["export-onnx", str(checkpoint), str(tmp_path / "unet.onnx")]) == 0
+    assert (tmp_path / "unet.onnx").is_file()
+    assert "max |onnxruntime - torch|" in capsys.readouterr().out
+
+
+def test_render_of_an_unknown_avatar_is_one_clear_error(tmp_path, caplog, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    audio = tmp_path / "a.wav"
+    audio.write_bytes(b"RIFF")
+    assert main(["render", "--avatar", "nobody", "--audio", str(audio)]) == 2
+    assert "unknown avatar 'nobody'" in caplog.text

@@ -72,7 +72,12 @@ def save_model(model: UNet | SyncNet, path: str | Path, **extra: Any) -> dict[st
     if isinstance(model, UNet):
         meta = {"kind": "unet", **_spec_dict(model.spec)}
     elif isinstance(model, SyncNet):
-        meta = {"kind": "syncnet", "resolution": model.preset, "audio_mode": model.audio_mode}
+        meta = {
+            "kind": "syncnet",
+            "resolution": model.preset,
+            "audio_mode": model.audio_mode,
+            "mobile": model.mobile,
+        }
     else:
         raise TypeError(f"cannot save a {type(model).__name__}")
     meta.update(
@@ -139,13 +144,14 @@ def load_syncnet(
     state = read_state_dict(path)
     meta = read_metadata(path)
     if meta is not None:
-        res, mode = meta["resolution"], meta["audio_mode"]
+        res, mode, mobile = meta["resolution"], meta["audio_mode"], meta.get("mobile", False)
     else:
         if "face_encoder.0.conv_block.0.weight" not in state:
             raise ValueError(f"{path}: not a SyncTalk_2D SyncNet state dict")
         res = "328" if "face_encoder.17.conv_block.0.weight" in state else "160"
         wenet = state["audio_encoder.0.conv_block.0.weight"].shape[1] == 128
         mode = "wenet" if wenet else (audio_mode or "ave")
-    model = build_syncnet(res, mode)
+        mobile = state["face_encoder.0.conv_block.0.weight"].shape[0] == 16
+    model = build_syncnet(res, mode, mobile)
     _strict_load(model, state, path)
     return model.to(resolve_device(device)).eval()

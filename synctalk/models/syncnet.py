@@ -42,36 +42,41 @@ def _stage(cin: int, cout: int, n_residual: int, stride=2) -> list[ConvBN]:
 
 
 class SyncNet(nn.Module):
-    def __init__(self, preset: str = "328", audio_mode: str = "ave"):
+    def __init__(self, preset: str = "328", audio_mode: str = "ave", mobile: bool = False):
         super().__init__()
         if audio_mode not in AUDIO_MODES:
             raise ValueError(f"unknown audio mode {audio_mode!r}; expected {AUDIO_MODES}")
         geometry = resolution(preset)
         self.preset = geometry.name
         self.audio_mode = audio_mode
+        self.mobile = mobile
+        # mobile: every width halved (a quarter of the compute), like the mobile
+        # U-Net; the full widths are the original's and load its checkpoints.
+        w = {c: c // 2 if mobile else c for c in (32, 64, 128, 256, 512)}
         # One 5x5 stride-2 stem conv per U-Net level above the 160 preset's
         # four, so both sides end at 3 x 3.
-        stem_widths = [32] * (geometry.unet_depth - 4) + [64]
-        face = [_conv(3, 32, 7, 1, 3)]
-        cin = 32
+        stem_widths = [w[32]] * (geometry.unet_depth - 4) + [w[64]]
+        face = [_conv(3, w[32], 7, 1, 3)]
+        cin = w[32]
         for cout in stem_widths:
             face.append(_conv(cin, cout, 5, 2, 1))
             cin = cout
-        face += _residuals(64, 2)
-        face += _stage(64, 128, 3) + _stage(128, 256, 2) + _stage(256, 512, 2)
-        face += [_conv(512, 512, 3, 2, 1), _conv(512, 512, 3, 1, 0), _conv(512, 512, 1, 1, 0)]
+        face += _residuals(w[64], 2)
+        face += _stage(w[64], w[128], 3) + _stage(w[128], w[256], 2) + _stage(w[256], w[512], 2)
+        face += [_conv(w[512], w[512], 3, 2, 1), _conv(w[512], w[512], 3, 1, 0),
+                 _conv(w[512], w[512], 1, 1, 0)]  # fmt: skip
         self.face_encoder = nn.Sequential(*face)
 
         in_ch = SYNCNET_AUDIO_SHAPES[audio_mode][0]
-        audio = _stage(in_ch, 128, 2, stride=1)
-        audio += _stage(128, 256, 2, stride=_AUDIO_STRIDE[audio_mode])
-        audio += [_conv(256, 256, 3, 2, 2)] + _residuals(256, 2)
-        audio += _stage(256, 512, 2)
-        audio += [_conv(512, 512, 3, 1, 0), _conv(512, 512, 1, 1, 0)]
+        audio = _stage(in_ch, w[128], 2, stride=1)
+        audio += _stage(w[128], w[256], 2, stride=_AUDIO_STRIDE[audio_mode])
+        audio += [_conv(w[256], w[256], 3, 2, 2)] + _residuals(w[256], 2)
+        audio += _stage(w[256], w[512], 2)
+        audio += [_conv(w[512], w[512], 3, 1, 0), _conv(w[512], w[512], 1, 1, 0)]
         self.audio_encoder = nn.Sequential(*audio)
 
     def forward(self, face: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Unit-length (audio_embedding, face_embedding), each [B, 4608]."""
+        """Unit-length (audio_embedding, face_embedding), each [B, 4608] ([B, 2304] mobile)."""
         a = self.audio_encoder(audio).flatten(1)
         f = self.face_encoder(face).flatten(1)
         return F.normalize(a, p=2, dim=1), F.normalize(f, p=2, dim=1)
@@ -82,5 +87,7 @@ def sync_probability(audio_embedding: torch.Tensor, face_embedding: torch.Tensor
     return F.cosine_similarity(audio_embedding, face_embedding).clamp(1e-7, 1 - 1e-7)
 
 
-def build_syncnet(preset: str | int = "328", audio_mode: str = "ave") -> SyncNet:
-    return SyncNet(str(preset), audio_mode)
+def build_syncnet(
+    preset: str | int = "328", audio_mode: str = "ave", mobile: bool = False
+) -> SyncNet:
+    return SyncNet(str(preset), audio_mode, mobile)

@@ -51,12 +51,16 @@ def export_unet(model: UNet, path: str | Path) -> Path:
 class OnnxUNet:
     """Callable like the U-Net, on numpy arrays, through onnxruntime."""
 
-    def __init__(self, path: str | Path, threads: int | None = None):
+    def __init__(self, path: str | Path, threads: int | None = None, spinning: bool = True):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        if not spinning:
+            # Idle pool threads sleep rather than busy-wait: much faster when other
+            # threads or processes need the same cores (see synctalk.render.engine).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(
             str(path), sess_options=options, providers=["CPUExecutionProvider"]
         )

@@ -12,8 +12,9 @@ The last 10% of the video is held out; the reported accuracy is on it.
 
 from __future__ import annotations
 
-import copy
 import logging
+import math
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,12 +29,12 @@ from synctalk.features.ave import load_encoder, mel_windows, save_encoder
 from synctalk.media.audio import load_audio, melspectrogram
 from synctalk.models.audio_encoder import EMBEDDING_DIM, AudioEncoder
 from synctalk.models.checkpoint import file_sha256
-from synctalk.progress import progress
+from synctalk.train.data import VALIDATION_FRACTION, EpochDataset, off_sync_frame
+from synctalk.train.trainer import Trainer, TrainSettings, seed_everything
 
 log = logging.getLogger(__name__)
 
 MOUTH_INPUT = (48, 96)  # height, width of the face tower's lower-face input
-VALIDATION_FRACTION = 0.1
 EVAL_EVERY = 50  # steps
 
 
@@ -85,7 +86,7 @@ class MelSyncNet(nn.Module):
 @dataclass
 class EncoderReport:
     steps: int
-    best_step: int  # the step whose audio tower is kept (0: none beat the initial one)
+    best_step: int  # the step whose audio tower is kept
     train_loss: list[float]  # mean loss per EVAL_EVERY steps
     val_loss_start: float
     val_loss: float
@@ -93,27 +94,57 @@ class EncoderReport:
     val_accuracy: float
 
 
-def _pairs(rng: np.random.Generator, frames: np.ndarray, n: int, min_offset: int) -> tuple:
-    """n in-sync and n off-sync (face frame, audio frame) pairs from `frames`.
-
-    Off-sync audio comes from min_offset..3*min_offset frames away: close enough
-    that head pose, lighting and the topic of speech are the same, so telling
-    the pairs apart takes the mouth, not slow cues that differ across the video.
-    """
-    face = rng.choice(frames, size=2 * n)
-    audio = face.copy()
-    for k in range(n, 2 * n):
-        distance = np.abs(frames - face[k])
-        near = frames[(distance >= min_offset) & (distance <= 3 * min_offset)]
-        audio[k] = rng.choice(near if len(near) else frames[distance >= min_offset])
-    label = np.concatenate([np.ones(n), np.zeros(n)]).astype(np.float32)
-    return face, audio, label
+@dataclass
+class LowerFaces:
+    faces: np.ndarray  # uint8 [N, 3, 48, 96]
+    mels: np.ndarray  # float32 [N, 1, 80, 16]
 
 
-def _batch(faces, mels, face_idx, audio_idx, label, device):
-    f = torch.from_numpy(faces[face_idx]).to(device, non_blocking=True).float() / 255.0
-    m = torch.from_numpy(mels[audio_idx]).to(device, non_blocking=True)
-    return f, m, torch.from_numpy(label).to(device)
+class MelSyncSamples(EpochDataset):
+    """(lower face, mel window, label): half in sync, half with nearby audio."""
+
+    def __init__(self, data: LowerFaces, frames: np.ndarray, seed: int, min_offset: int):
+        super().__init__(data, frames, seed)
+        self.min_offset = min_offset
+
+    def __getitem__(self, index: int):
+        rng = self.rng(index)
+        frame = int(self.frames[index])
+        in_sync = rng.random() < 0.5
+        audio = frame if in_sync else off_sync_frame(rng, self.frames, frame, self.min_offset)
+        return (
+            torch.from_numpy(self.data.faces[frame].astype(np.float32) / 255.0),
+            torch.from_numpy(self.data.mels[audio]),
+            torch.tensor(float(in_sync)),
+        )
+
+
+class AudioEncoderTask:
+    name = "ave_encoder"
+    monitor = "loss"
+
+    def __init__(self, data: LowerFaces, params: AveEncoderParams):
+        n = min(len(data.faces), len(data.mels))
+        n_val = max(2 * params.min_offset_frames + 2, int(n * VALIDATION_FRACTION))
+        if n - n_val < 4 * params.min_offset_frames:
+            raise ValueError(f"{n} frames are too few to train an audio encoder")
+        seed_everything(params.seed)  # the initial weights too are seeded
+        self.model = MelSyncNet()
+        seed, offset = params.seed, params.min_offset_frames
+        self.train_set = MelSyncSamples(data, np.arange(n - n_val), seed, offset)
+        self.val_set = MelSyncSamples(data, np.arange(n - n_val, n), seed + 1, offset)
+
+    def loss(self, batch):
+        face, mel, label = batch
+        return F.binary_cross_entropy_with_logits(self.model(face, mel), label), {}
+
+    def validate(self, batch):
+        face, mel, label = batch
+        logits = self.model(face, mel).float()
+        return {
+            "loss": float(F.binary_cross_entropy_with_logits(logits, label)),
+            "accuracy": float(((logits > 0).float() == label).float().mean()),
+        }
 
 
 def train_audio_encoder(
@@ -121,64 +152,49 @@ def train_audio_encoder(
     mel_windows: np.ndarray,
     params: AveEncoderParams,
     device: torch.device,
+    state_dir: Path | None = None,
+    fingerprint: str = "",
 ) -> tuple[AudioEncoder, EncoderReport]:
-    """Learn an AudioEncoder from lower faces [N,3,48,96] uint8 and mel windows [N,1,80,16]."""
-    n = min(len(faces), len(mel_windows))
-    n_val = max(2 * params.min_offset_frames + 2, int(n * VALIDATION_FRACTION))
-    if n - n_val < 4 * params.min_offset_frames:
-        raise ValueError(f"{n} frames are too few to train an audio encoder")
-    train_frames, val_frames = np.arange(n - n_val), np.arange(n - n_val, n)
-    torch.manual_seed(params.seed)
-    rng = np.random.default_rng(params.seed)
-    model = MelSyncNet().to(device)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=params.learning_rate, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimiser, max_lr=params.learning_rate, total_steps=params.steps, pct_start=0.1
+    """Learn an AudioEncoder from lower faces [N,3,48,96] uint8 and mel windows [N,1,80,16].
+
+    Validation runs every EVAL_EVERY steps (one trainer "epoch"); with a few
+    minutes of footage the pair overfits after a few hundred steps, so the
+    audio tower is kept from the step with the best validation loss.
+    """
+    task = AudioEncoderTask(LowerFaces(faces, mel_windows), params)
+    per_epoch = min(EVAL_EVERY, math.ceil(len(task.train_set) / params.batch_size))
+    settings = TrainSettings(
+        epochs=max(1, math.ceil(params.steps / per_epoch)),
+        steps_per_epoch=per_epoch,
+        batch_size=params.batch_size,
+        learning_rate=params.learning_rate,
+        checkpoint_every=EVAL_EVERY,
+        seed=params.seed,
     )
-    val = _batch(faces, mel_windows, *_pairs(np.random.default_rng(1), val_frames, 128,
-                                             params.min_offset_frames), device)  # fmt: skip
-
-    def evaluate() -> tuple[float, float]:
-        model.eval()
-        with torch.no_grad():
-            logits = model(val[0], val[1])
-            loss = F.binary_cross_entropy_with_logits(logits, val[2]).item()
-            accuracy = ((logits > 0).float() == val[2]).float().mean().item()
-        model.train()
-        return loss, accuracy
-
-    val_loss_start, val_acc_start = evaluate()
-    # With a few minutes of footage the pair overfits after a few hundred steps,
-    # so the audio tower is kept from the step with the best validation loss.
-    best = (val_loss_start, val_acc_start, 0, copy.deepcopy(model.audio.state_dict()))
-    half = params.batch_size // 2
-    losses, window = [], []
-    for step in progress(range(1, params.steps + 1), "ave_encoder", unit="step"):
-        face, mel, label = _batch(
-            faces, mel_windows, *_pairs(rng, train_frames, half, params.min_offset_frames), device
-        )
-        loss = F.binary_cross_entropy_with_logits(model(face, mel), label)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-        window.append(loss.item())
-        if len(window) == EVAL_EVERY or step == params.steps:
-            losses.append(float(np.mean(window)))
-            window = []
-            val_loss, val_acc = evaluate()
-            if val_loss < best[0]:
-                best = (val_loss, val_acc, step, copy.deepcopy(model.audio.state_dict()))
-    val_loss, val_acc, best_step, state = best
-    model.audio.load_state_dict(state)
+    if state_dir is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            trainer = Trainer(task, settings, device, Path(tmp), fingerprint)
+            history = trainer.fit()
+    else:
+        trainer = Trainer(task, settings, device, state_dir, fingerprint)
+        history = trainer.fit()
+        trainer.finish()
+    start, best = history.val[0], history.val[history.best_epoch]
+    report = EncoderReport(
+        steps=trainer.global_step,
+        best_step=history.best_epoch * trainer.steps_per_epoch,
+        train_loss=[row["train_loss"] for row in history.train],
+        val_loss_start=start["val_loss"],
+        val_loss=best["val_loss"],
+        val_accuracy_start=start["val_accuracy"],
+        val_accuracy=best["val_accuracy"],
+    )
     log.info(
         "audio encoder: validation accuracy %.3f -> %.3f, loss %.3f -> %.3f (best at step %d)",
-        val_acc_start, val_acc, val_loss_start, val_loss, best_step,
+        report.val_accuracy_start, report.val_accuracy, report.val_loss_start, report.val_loss,
+        report.best_step,
     )  # fmt: skip
-    report = EncoderReport(
-        params.steps, best_step, losses, val_loss_start, val_loss, val_acc_start, val_acc
-    )
-    return model.audio.cpu().eval(), report
+    return task.model.audio.cpu().eval(), report
 
 
 @dataclass
@@ -190,7 +206,7 @@ class EncoderSource:
 
 def prepare_audio_encoder(
     official: Path, crops: Path, audio: Path, geometry: Resolution, params: AveEncoderParams,
-    out: Path, device: torch.device,
+    out: Path, device: torch.device, state_dir: Path | None = None, fingerprint: str = "",
 ) -> EncoderSource:  # fmt: skip
     """Put an AVE encoder at `out`: the official weights when present, else train one."""
     if official.is_file():
@@ -201,6 +217,6 @@ def prepare_audio_encoder(
     log.info("%s not found: training an audio encoder on this avatar", official)
     faces = lower_face(np.load(crops, mmap_mode="r"), geometry)
     windows = mel_windows(melspectrogram(load_audio(audio)))
-    encoder, report = train_audio_encoder(faces, windows, params, device)
+    encoder, report = train_audio_encoder(faces, windows, params, device, state_dir, fingerprint)
     save_encoder(encoder, out)
     return EncoderSource("trained", file_sha256(out), report)

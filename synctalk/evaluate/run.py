@@ -1,0 +1,141 @@
+"""How good is a trained avatar: render its held-out footage and compare.
+
+The last 10% of the avatar's video was never trained on. Each of those
+frames is redrawn by the U-Net from its own audio, exactly as rendering does
+(reference = the frame's own crop, mouth masked, the audio window of the
+frame), pasted back with the compositor, and compared with the real frame:
+
+- PSNR and SSIM on the model-size crop;
+- LMD: the distance between mouth landmarks found by the landmarks backend
+  on the rendered and on the real frame, after aligning the mouth centres and
+  divided by the real mouth width (so avatars and presets compare);
+- sync: LSE-D / LSE-C with the avatar's SyncNet over offsets -15..+15, for
+  the render and, as a yardstick, for the real footage.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from synctalk.config import LandmarkParams, ModelPreset
+from synctalk.evaluate.metrics import MEDIAPIPE_MOUTH, mouth_landmark_distance, psnr, ssim
+from synctalk.evaluate.sync import SyncScore, sync_score
+from synctalk.face.prepare import open_backend
+from synctalk.manifest import LANDMARKS_SCHEMA, fixed_list_to_numpy, read_manifest
+from synctalk.media.video import iter_frames
+from synctalk.models.syncnet import SYNCNET_AUDIO_SHAPES, SyncNet
+from synctalk.models.unet import UNet, make_unet_input
+from synctalk.paths import AvatarPaths
+from synctalk.render.compositor import Compositor
+from synctalk.train.data import AvatarFrames
+
+log = logging.getLogger(__name__)
+
+WFLW_MOUTH = tuple(range(76, 96))  # outer and inner lip of the 98-point layout
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]
+    frame_psnr: np.ndarray  # per held-out frame
+    sync: SyncScore  # of the render
+    sync_real: SyncScore  # of the real footage, for comparison
+    frames: np.ndarray  # indices of the held-out frames
+
+
+def _predict(unet: UNet, data: AvatarFrames, frames: np.ndarray, device, batch: int = 16):
+    unet = unet.to(device).eval()
+    shape = unet.spec.audio_shape
+    out = []
+    with torch.inference_mode():
+        for chunk in np.array_split(frames, max(1, len(frames) // batch)):
+            crops = torch.from_numpy(np.stack([data.crop(i) for i in chunk])).to(device)
+            audio = torch.from_numpy(np.stack([data.audio(i, shape) for i in chunk])).to(device)
+            out.append(unet(make_unet_input(crops, crops, unet.spec), audio).float().cpu())
+    return torch.cat(out).numpy()  # [n, 3, S, S] in [0, 1]
+
+
+def _to_uint8(chw: np.ndarray) -> np.ndarray:
+    return (np.clip(chw, 0, 1) * 255 + 0.5).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def _mouth_lmd(rendered, real, backend, indices) -> float:
+    distances = []
+    for fake_frame, real_frame in zip(rendered, real, strict=True):
+        found_fake, found_real = backend.detect(fake_frame), backend.detect(real_frame)
+        if not found_fake or not found_real:
+            continue
+        true = found_real[0].points
+        anchors = backend.anchors
+        width = np.linalg.norm(
+            true[list(anchors["mouth_right"])].mean(0) - true[list(anchors["mouth_left"])].mean(0)
+        )
+        distances.append(
+            mouth_landmark_distance(
+                found_fake[0].points[None],
+                true[None],
+                indices,
+                normalise_by=max(width, 1.0),
+                align_centroids=True,
+            )  # fmt: skip
+        )
+    return float(np.mean(distances)) if distances else float("nan")
+
+
+def evaluate_avatar(
+    paths: AvatarPaths,
+    preset: ModelPreset,
+    unet: UNet,
+    syncnet: SyncNet,
+    landmarks: LandmarkParams,
+    feather: float,
+    device: torch.device,
+) -> Evaluation:
+    geometry = preset.geometry
+    data = AvatarFrames.load(paths.crops, paths.ave, geometry)
+    _, frames = data.split()
+    prediction = _predict(unet, data, frames, device)
+    real = np.stack([data.crop(i) for i in frames])
+    pred8, real8 = _to_uint8(prediction), _to_uint8(real)
+    frame_psnr = np.array([psnr(p, r) for p, r in zip(pred8, real8, strict=True)])
+
+    # Paste back into the real frames, as a render would, for the landmarks.
+    table, _ = read_manifest(paths.landmarks, LANDMARKS_SCHEMA)
+    boxes = fixed_list_to_numpy(table.column("crop_box"), 3, np.int32)
+    start = int(frames[0])
+    originals = list(itertools.islice(iter_frames(paths.video), start, int(frames[-1]) + 1))
+    compositor = None
+    rendered = []
+    for k, frame in enumerate(originals):
+        if compositor is None:
+            compositor = Compositor(geometry, frame.shape[:2], feather=feather)
+        i = int(frames[k])
+        rendered.append(compositor.paste(frame.copy(), data.crops[i].copy(), pred8[k], boxes[i]))
+    backend = open_backend(landmarks)
+    try:
+        indices = MEDIAPIPE_MOUTH if backend.name == "mediapipe" else WFLW_MOUTH
+        lmd = _mouth_lmd(rendered, originals, backend, indices)
+    finally:
+        backend.close()
+
+    shape = SYNCNET_AUDIO_SHAPES[preset.audio_mode]
+    windows = np.stack([data.audio(i, shape) for i in frames])
+    max_offset = min(15, len(frames) - 1)
+    sync = sync_score(syncnet, prediction.astype(np.float32), windows, max_offset, device=device)
+    sync_real = sync_score(syncnet, real, windows, max_offset, device=device)
+    metrics = {
+        "psnr": float(np.mean(frame_psnr[np.isfinite(frame_psnr)])),
+        "ssim": ssim(pred8, real8),
+        "lmd": lmd,
+        **sync.as_metrics(),
+        "lse_d_real": sync_real.min_distance,
+        "lse_c_real": sync_real.confidence,
+        "frames": int(len(frames)),
+    }
+    log.info("evaluation of %s: %s", paths.name, metrics)
+    return Evaluation(metrics, frame_psnr, sync, sync_real, frames)

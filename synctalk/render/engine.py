@@ -1,0 +1,630 @@
+"""The render engine: an audio file in, a lip-synced H.264/AAC mp4 of the avatar out.
+
+Steps: decode the audio (16 kHz mono) -> AVE features with the avatar's
+encoder -> per output frame, the background frame (ping-pong schedule), its
+cached crop and the frame's audio window -> the U-Net -> paste the predicted
+crop back (feathered) -> raw BGR frames to ffmpeg's stdin, which encodes them
+and muxes the original audio file's sound as AAC.
+
+Length. The output has round(audio_seconds x 25) frames, so the video lasts
+as long as the audio to within half a frame (20 ms). The original derives
+its frame count from the mel spectrogram (`video_frame_count`), which gives
+about 3 frames fewer than that; the frames past the last AVE feature reuse
+the last feature's window. That is what `feature_window` already gives the
+last 8 frames (16 copies of the last vector), so the padded frames see the
+same window as the frames just before them: the mouth holds its last shape
+for ~0.1 s of trailing audio, typically silence at the end of a file.
+
+Threads. Three workers joined by bounded queues (at most
+`params.queue_frames` frames in flight, so memory does not grow with the
+audio's length):
+
+* prepare: reads the cached model-size crops and builds the U-Net's inputs
+  (the 6-channel image, the audio windows), in batches;
+* infer: runs the model (onnxruntime and torch release the GIL);
+* composite: pastes each prediction into a copy of its background frame and
+  writes it to ffmpeg's stdin; ffmpeg (a separate process) encodes meanwhile.
+
+The first exception in any worker stops the others and is re-raised as is
+by `render_video`; ffmpeg is killed and the partial file removed (the mp4 is
+written under a temporary name and renamed when complete).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import hashlib
+import logging
+import os
+import queue
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from synctalk.atomic import atomic_path
+from synctalk.config import FPS, SAMPLE_RATE, RenderParams
+from synctalk.device import resolve_device
+from synctalk.features.ave import encode_frames
+from synctalk.features.windows import feature_window
+from synctalk.media.audio import load_audio
+from synctalk.media.ffmpeg import ffmpeg_exe, ffmpeg_input
+from synctalk.models.audio_encoder import AudioEncoder
+from synctalk.models.unet import UNet, UNetSpec, make_unet_input
+from synctalk.progress import progress
+from synctalk.render.avatar import RenderAvatar, RenderError, background_schedule
+from synctalk.render.compositor import Compositor
+from synctalk.render.onnx import OPSET, OnnxUNet, export_unet
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RenderError", "RenderResult", "load_runtime", "render_video"]
+
+MIN_AUDIO_S = 0.2  # one mel window: less cannot be encoded
+SILENCE_DBFS = -60.0  # RMS below this (re full scale 1.0) is silence, not speech
+AUDIO_BITRATE = "192k"
+_POLL_S = 0.1  # how often blocked queue operations look for a stop request
+
+
+@dataclass(frozen=True)
+class RenderResult:
+    path: Path
+    frames: int
+    seconds: float  # wall time of the whole call
+    frames_per_s: float
+    duration: float  # video seconds (frames / 25)
+    audio_duration: float  # seconds of audio
+    runtime: str  # "onnxruntime" or "torch:<device>"
+    # Wall seconds: audio (decoding and AVE features, before the frame loop), then what
+    # each worker spent working, not waiting on a queue: prepare, infer, composite
+    # (paste-back), write (handing frames to ffmpeg, which blocks while it is busy).
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------
+# runtimes
+
+
+def load_runtime(
+    unet: UNet,
+    params: RenderParams,
+    device: str | torch.device,
+    onnx_cache_dir: str | Path,
+    checkpoint_sha256: str | None = None,
+) -> UNet | OnnxUNet:
+    """The model object `render_video` should be given for `unet` on `device`.
+
+    runtime `auto` is onnxruntime on the CPU (about 4x faster than eager
+    PyTorch there) and torch on a GPU; `onnx` asks for onnxruntime (CPU) on
+    any device; `torch` for torch. The ONNX file is exported once into
+    `onnx_cache_dir`, named by the weights' sha256 (`checkpoint_sha256`, the
+    checkpoint file's, when the caller knows it; else a sha256 of the state
+    dict), checked against torch on a random input when first made, and
+    re-used afterwards. If export or onnxruntime fails, a warning is logged
+    and torch is used.
+    """
+    dev = resolve_device(device)
+    wants_onnx = params.runtime == "onnx" or (params.runtime == "auto" and dev.type == "cpu")
+    if not wants_onnx:
+        return unet.to(dev).eval()
+    if dev.type != "cpu":
+        log.info("render.runtime is onnx: running the U-Net on the CPU with onnxruntime")
+    try:
+        return _onnx_runtime(unet, Path(onnx_cache_dir), checkpoint_sha256)
+    except Exception as exc:  # any failure here has the torch fallback
+        log.warning(
+            "onnxruntime unavailable (%s: %s); rendering with torch", type(exc).__name__, exc
+        )
+        return unet.to(dev).eval()
+
+
+def _onnx_runtime(unet: UNet, cache_dir: Path, sha256: str | None) -> OnnxUNet:
+    spec = unet.spec
+    digest = sha256 or state_dict_sha256(unet)
+    width = "mobile" if spec.mobile else "full"
+    path = (
+        cache_dir / f"unet-{spec.resolution}-{spec.audio_mode}-{width}-{digest[:16]}-op{OPSET}.onnx"
+    )
+    if path.is_file():
+        try:
+            model = OnnxUNet(path, threads=onnx_threads(), spinning=onnx_spinning())
+            log.info("using the exported U-Net %s", path)
+            return model
+        except Exception as exc:  # a damaged file: export it again rather than fall back
+            log.warning("%s: cannot be loaded (%s); exporting it again", path, exc)
+            path.unlink(missing_ok=True)
+    log.info("exporting the U-Net to ONNX: %s", path)
+    device = next(unet.parameters()).device
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with atomic_path(path) as tmp:
+            export_unet(unet.eval(), tmp)
+            runner = OnnxUNet(tmp, threads=onnx_threads(), spinning=onnx_spinning())
+            _check_export(unet, runner)
+    finally:
+        unet.to(device)  # export_unet and the check run it on the CPU
+        _release_heap()
+    return runner
+
+
+def _release_heap() -> None:
+    """Give the exporter's freed memory back to the OS (glibc keeps it otherwise).
+
+    Exporting the 328 U-Net peaks ~0.9 GB above the model itself; without
+    this a long-lived render worker would carry that heap around all night.
+    """
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def _check_export(unet: UNet, runner: OnnxUNet) -> None:
+    """Refuse an export whose outputs differ from torch's (a silent mismatch costs a batch)."""
+    generator = torch.Generator().manual_seed(0)
+    size = unet.spec.geometry.size
+    image = torch.rand(1, 6, size, size, generator=generator)
+    audio = torch.rand(1, *unet.spec.audio_shape, generator=generator)
+    with torch.inference_mode():
+        expected = unet.cpu()(image, audio).numpy()
+    got = runner(image.numpy(), audio.numpy())
+    err = float(np.abs(got - expected).max())
+    if err > 1e-3:
+        raise RenderError(f"the ONNX export differs from torch by {err:.2g} (max abs)")
+
+
+def state_dict_sha256(model: torch.nn.Module) -> str:
+    """sha256 of a model's weights (names, dtypes, shapes and bytes), in key order."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def onnx_threads() -> int:
+    """onnxruntime intra-op threads for rendering: every core this process may use.
+
+    ffmpeg's encoder and the prepare/composite threads need the CPU too, but
+    measured on 2 cores (benchmarks/render.py) two onnxruntime threads still
+    render faster than one: inference is ~85% of the work per frame and the
+    other threads fit in the gaps. $SYNCTALK_ORT_THREADS overrides.
+    """
+    override = os.environ.get("SYNCTALK_ORT_THREADS")
+    if override:
+        return max(1, int(override))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def onnx_spinning() -> bool:
+    """Whether onnxruntime's idle pool threads busy-wait (its default) or sleep.
+
+    Off by default: the render's other threads and ffmpeg run on the same
+    cores, and a pool thread spinning while its partner is descheduled stalls
+    every parallel operator. Measured on 2 shared cores (benchmarks/render.py)
+    the 160 U-Net inside the render went from 54 to 40 ms/frame with spinning
+    off; alone it costs ~5%. $SYNCTALK_ORT_SPINNING=1 turns it back on.
+    """
+    return os.environ.get("SYNCTALK_ORT_SPINNING", "0") == "1"
+
+
+class _Runner:
+    """How the engine drives a model: three steps, each run by its own thread.
+
+    prepare (producer thread): uint8 crops [B,3,S,S] + float32 audio -> inputs.
+    infer (inference thread): inputs -> raw output.
+    finish (composite thread): raw output -> uint8 [B,S,S,3] crops.
+    """
+
+    name: str
+    batch_size: int
+    size: int
+    audio_shape: tuple[int, ...]
+    mouth_mask: tuple[int, int, int, int]
+
+    def prepare(self, crops: np.ndarray, audio: np.ndarray) -> Any:
+        raise NotImplementedError
+
+    def infer(self, inputs: Any) -> Any:
+        raise NotImplementedError
+
+    def finish(self, output: Any) -> np.ndarray:
+        raise NotImplementedError
+
+
+class _OnnxRunner(_Runner):
+    """onnxruntime on the CPU, one frame per call (batching was slower on this CPU)."""
+
+    def __init__(self, model: OnnxUNet):
+        self.model = model
+        self.name = "onnxruntime"
+        self.batch_size = 1
+        image, audio = model.session.get_inputs()[:2]
+        self.size = int(image.shape[-1])
+        self.audio_shape = tuple(int(d) for d in audio.shape[1:])
+        s = self.size
+        self.mouth_mask = (5, 5, s - 5, s - 10)  # Resolution.mouth_mask for side s
+
+    def prepare(self, crops: np.ndarray, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        b, s = len(crops), self.size
+        image = np.empty((b, 6, s, s), dtype=np.float32)
+        np.multiply(crops, np.float32(1 / 255), out=image[:, :3])
+        image[:, 3:] = image[:, :3]
+        x0, y0, x1, y1 = self.mouth_mask
+        image[:, 3:, y0:y1, x0:x1] = 0
+        return image, audio
+
+    def infer(self, inputs: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        return self.model(*inputs)
+
+    def finish(self, output: np.ndarray) -> np.ndarray:
+        # sigmoid output in [0, 1]; +0.5 rounds, and 1.0 maps to 255.5 -> 255
+        return (output.transpose(0, 2, 3, 1) * np.float32(255) + np.float32(0.5)).astype(np.uint8)
+
+
+class _TorchRunner(_Runner):
+    """PyTorch: batched, channels_last and fp16 autocast on CUDA; batch 1 on the CPU."""
+
+    def __init__(self, model: UNet, device: torch.device, batch_size: int):
+        self.spec: UNetSpec = model.spec
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.model = model.to(device).eval()
+        if self.cuda:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.name = f"torch:{device}"
+        self.batch_size = max(1, batch_size) if device.type != "cpu" else 1
+        self.size = self.spec.geometry.size
+        self.audio_shape = self.spec.audio_shape
+        self.mouth_mask = self.spec.geometry.mouth_mask
+
+    def prepare(self, crops: np.ndarray, audio: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        c, a = torch.from_numpy(crops), torch.from_numpy(audio)
+        if self.cuda:
+            c, a = c.pin_memory(), a.pin_memory()
+        return c, a
+
+    @torch.inference_mode()
+    def infer(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> np.ndarray:
+        crops, audio = (t.to(self.device, non_blocking=True) for t in inputs)
+        x = crops.float().div_(255)
+        image = make_unet_input(x, x, self.spec)
+        if self.cuda:
+            image = image.contiguous(memory_format=torch.channels_last)
+        autocast = torch.autocast("cuda", dtype=torch.float16, enabled=self.cuda)
+        with autocast:
+            out = self.model(image, audio)
+        # uint8 on the device: 4x less to copy back than float32
+        u8 = out.float().mul_(255).round_().clamp_(0, 255).to(torch.uint8)
+        return u8.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+
+    def finish(self, output: np.ndarray) -> np.ndarray:
+        return output
+
+
+def _make_runner(model: Any, params: RenderParams, device: str | torch.device) -> _Runner:
+    if isinstance(model, OnnxUNet):
+        return _OnnxRunner(model)
+    if isinstance(model, UNet):
+        return _TorchRunner(model, resolve_device(device), params.batch_size)
+    raise TypeError(f"model must be a UNet or an OnnxUNet, got {type(model).__name__}")
+
+
+# --------------------------------------------------------------------------
+# audio
+
+
+def check_audio(wav: np.ndarray, path: Path) -> float:
+    """The audio's duration in seconds; RenderError if too short or silent."""
+    seconds = len(wav) / SAMPLE_RATE
+    if seconds < MIN_AUDIO_S:
+        raise RenderError(
+            f"{path}: the audio is too short ({seconds:.3f} s; at least {MIN_AUDIO_S} s needed)"
+        )
+    rms = float(np.sqrt(np.mean(np.square(wav, dtype=np.float64))))
+    if rms == 0 or 20 * np.log10(rms) < SILENCE_DBFS:
+        raise RenderError(f"{path}: the audio is silent")
+    return seconds
+
+
+# --------------------------------------------------------------------------
+# the render
+
+
+def render_video(
+    avatar: RenderAvatar,
+    model: UNet | OnnxUNet,
+    encoder: AudioEncoder,
+    audio_path: str | Path,
+    out_path: str | Path,
+    params: RenderParams,
+    device: str | torch.device = "auto",
+) -> RenderResult:
+    """Render `avatar` saying `audio_path` into the mp4 `out_path` (written atomically).
+
+    `model` is a torch UNet (run on `device`, batched on a GPU) or an
+    OnnxUNet (see `load_runtime`). `encoder` is the avatar's AVE encoder.
+    Raises AudioError (naming the file) for a missing, empty or undecodable
+    audio file, RenderError for a silent or too short one, for a model of
+    another size than the avatar's cache, and when ffmpeg fails. Nothing is
+    left at `out_path` when it raises.
+    """
+    started = time.perf_counter()
+    audio_path, out_path = Path(audio_path), Path(out_path)
+    wav = load_audio(audio_path)
+    audio_s = check_audio(wav, audio_path)
+    runner = _make_runner(model, params, device)
+    g = avatar.geometry
+    if runner.size != g.size:
+        raise RenderError(
+            f"the model renders {runner.size}x{runner.size} crops but the avatar's render "
+            f"cache is for preset {g.name} ({g.size}x{g.size})"
+        )
+
+    features = encode_frames(wav, encoder)
+    del wav
+    audio_seconds = time.perf_counter() - started
+    n_frames = round(audio_s * FPS)
+    schedule = background_schedule(len(avatar), n_frames, params.same_start_end)
+    log.info(
+        "rendering %s: %.2f s of audio, %d frames, %d AVE features, %s, avatar %s (%d frames)",
+        *(audio_path, audio_s, n_frames, len(features), runner.name, avatar.name, len(avatar)),
+    )
+    compositor = Compositor(g, avatar.frame_size, params.feather, sides=avatar.crop_boxes[:, 2])
+
+    def window(i: int) -> np.ndarray:
+        # Past the last feature, the last frame's window (see the module docstring).
+        return feature_window(features, min(i, len(features) - 1), runner.audio_shape)
+
+    with atomic_path(out_path) as tmp, _Encoder(tmp, avatar.frame_size, audio_path, params) as sink:
+        stages = _run_pipeline(
+            avatar, runner, schedule, window, compositor, sink, params.queue_frames
+        )
+        sink.finish()
+
+    seconds = time.perf_counter() - started
+    result = RenderResult(
+        path=out_path,
+        frames=n_frames,
+        seconds=seconds,
+        frames_per_s=n_frames / seconds if seconds > 0 else float("inf"),
+        duration=n_frames / FPS,
+        audio_duration=audio_s,
+        runtime=runner.name,
+        stage_seconds={"audio": audio_seconds, **stages},
+    )
+    log.info(
+        "wrote %s: %d frames (%.2f s) in %.1f s, %.1f frames/s",
+        *(out_path, n_frames, result.duration, seconds, result.frames_per_s),
+    )
+    return result
+
+
+class _Encoder:
+    """ffmpeg reading raw BGR frames on stdin, muxing the audio file's sound, writing mp4.
+
+    stderr goes to a temporary file, not a pipe nobody reads (ffmpeg would
+    block on a full one). Leaving the context without `finish` kills ffmpeg.
+    """
+
+    def __init__(self, out: Path, frame_size: tuple[int, int], audio: Path, params: RenderParams):
+        h, w = frame_size
+        self.out = out
+        self.frame_bytes = h * w * 3
+        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-nostats", "-y"]
+        cmd += ["-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{w}x{h}", "-framerate", str(FPS)]
+        cmd += ["-i", "pipe:0", "-i", ffmpeg_input(audio), "-map", "0:v:0", "-map", "1:a:0"]
+        # Exact rounding in the BGR -> YUV conversion: without it the colour round trip
+        # alone (no compression) costs 5 dB of PSNR against the avatar's frames.
+        cmd += ["-sws_flags", "accurate_rnd+full_chroma_int"]
+        cmd += ["-c:v", "libx264", "-preset", params.x264_preset, "-crf", str(params.crf)]
+        cmd += ["-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", AUDIO_BITRATE]
+        cmd += ["-movflags", "+faststart", "-f", "mp4", ffmpeg_input(out)]
+        self.cmd = cmd
+        self.stderr = tempfile.TemporaryFile()
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> _Encoder:
+        self.proc = subprocess.Popen(
+            self.cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self.stderr
+        )
+        assert self.proc.stdin is not None
+        _widen_pipe(self.proc.stdin.fileno())
+        return self
+
+    def write(self, frame: np.ndarray) -> None:
+        assert self.proc is not None and self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(memoryview(frame).cast("B"))
+        except (BrokenPipeError, ValueError):
+            raise RenderError(f"ffmpeg stopped while encoding {self.out}: {self.error()}") from None
+
+    def finish(self) -> None:
+        """Close stdin, wait for ffmpeg, raise RenderError if it failed."""
+        assert self.proc is not None and self.proc.stdin is not None
+        try:
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        if self.proc.wait() != 0:
+            raise RenderError(f"ffmpeg could not encode {self.out}: {self.error()}")
+
+    def error(self) -> str:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=5)
+        self.stderr.seek(0)
+        lines = [ln.strip() for ln in self.stderr.read().decode(errors="replace").splitlines()]
+        lines = [ln for ln in lines if ln]
+        rc = self.proc.returncode if self.proc is not None else None
+        return lines[-1] if lines else f"ffmpeg exited with status {rc}"
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait()
+            if self.proc.stdin is not None:
+                with contextlib.suppress(BrokenPipeError, ValueError, OSError):
+                    self.proc.stdin.close()
+        self.stderr.close()
+
+
+def _widen_pipe(fd: int, size: int = 1 << 20) -> None:
+    """Let the pipe to ffmpeg hold 1 MiB (Linux) so a frame goes in one or two writes."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
+    except (ImportError, AttributeError, OSError):
+        pass
+
+
+# --------------------------------------------------------------------------
+# the threaded pipeline
+
+_DONE = object()
+
+
+@dataclass
+class _Batch:
+    start: int  # output index of the batch's first frame
+    backgrounds: np.ndarray  # avatar frame of each output frame
+    data: Any  # the runner's inputs, then its outputs
+
+
+class _Stopped(Exception):
+    """A worker gave up because another one failed (not itself an error)."""
+
+
+class _Pipeline:
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.errors: list[BaseException] = []
+        self.lock = threading.Lock()
+
+    def put(self, q: queue.Queue, item: Any) -> None:
+        while True:
+            if self.stop.is_set():
+                raise _Stopped
+            try:
+                q.put(item, timeout=_POLL_S)
+                return
+            except queue.Full:
+                continue
+
+    def get(self, q: queue.Queue) -> Any:
+        while True:
+            if self.stop.is_set():
+                raise _Stopped
+            try:
+                return q.get(timeout=_POLL_S)
+            except queue.Empty:
+                continue
+
+    def worker(self, fn: Callable[[], None], name: str) -> threading.Thread:
+        def run() -> None:
+            try:
+                fn()
+            except _Stopped:
+                pass
+            except BaseException as exc:  # handed to the caller's thread
+                with self.lock:
+                    self.errors.append(exc)
+                self.stop.set()
+
+        thread = threading.Thread(target=run, name=f"render-{name}", daemon=True)
+        thread.start()
+        return thread
+
+
+def _run_pipeline(
+    avatar: RenderAvatar,
+    runner: _Runner,
+    schedule: np.ndarray,
+    window: Callable[[int], np.ndarray],
+    compositor: Compositor,
+    sink: _Encoder,
+    queue_frames: int,
+) -> dict[str, float]:
+    """Run the three workers to the end; returns their busy seconds (see RenderResult)."""
+    n, b = len(schedule), runner.batch_size
+    depth = max(1, queue_frames // (2 * b))  # two queues, batches of b frames
+    to_model: queue.Queue = queue.Queue(maxsize=depth)
+    to_composite: queue.Queue = queue.Queue(maxsize=depth)
+    p = _Pipeline()
+    s = runner.size
+
+    busy = {"prepare": 0.0, "infer": 0.0, "composite": 0.0, "write": 0.0}
+    clock = time.perf_counter
+
+    def prepare() -> None:
+        for start in range(0, n, b):
+            t = clock()
+            backgrounds = schedule[start : start + b]
+            crops = np.empty((len(backgrounds), 3, s, s), dtype=np.uint8)
+            for k, j in enumerate(backgrounds):
+                avatar.read_input(int(j), crops[k])
+            audio = np.stack([window(i) for i in range(start, start + len(backgrounds))])
+            batch = _Batch(start, backgrounds, runner.prepare(crops, audio))
+            busy["prepare"] += clock() - t
+            p.put(to_model, batch)
+        p.put(to_model, _DONE)
+
+    def infer() -> None:
+        while (batch := p.get(to_model)) is not _DONE:
+            t = clock()
+            batch.data = runner.infer(batch.data)
+            busy["infer"] += clock() - t
+            p.put(to_composite, batch)
+        p.put(to_composite, _DONE)
+
+    def composite() -> None:
+        h, w = avatar.frame_size
+        c = avatar.geometry.crop_size
+        frame = np.empty((h, w, 3), dtype=np.uint8)
+        crop = np.empty((c, c, 3), dtype=np.uint8)
+        with progress(None, "render", total=n) as bar:
+            while (batch := p.get(to_composite)) is not _DONE:
+                t = clock()
+                predictions = runner.finish(batch.data)
+                for k, j in enumerate(batch.backgrounds):
+                    j = int(j)
+                    avatar.read_frame(j, frame)
+                    avatar.read_crop(j, crop)
+                    compositor.paste(frame, crop, predictions[k], avatar.crop_boxes[j])
+                    t_write = clock()
+                    sink.write(frame)
+                    busy["write"] += clock() - t_write
+                busy["composite"] += clock() - t
+                bar.update(len(batch.backgrounds))
+        busy["composite"] -= busy["write"]
+
+    threads = [p.worker(prepare, "prepare"), p.worker(infer, "infer")]
+    threads.append(p.worker(composite, "composite"))
+    try:
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(timeout=_POLL_S)
+    except BaseException:  # KeyboardInterrupt in the caller's thread: stop the workers
+        p.stop.set()
+        for thread in threads:
+            thread.join()
+        raise
+    if p.errors:
+        raise p.errors[0]
+    return busy

@@ -1,0 +1,110 @@
+"""Training an avatar's SyncNet and U-Net end to end, tracked in MLflow.
+
+These are what the `syncnet` and `unet` stages call: load the avatar's
+prepared frames, train with the shared trainer (resuming an interrupted run),
+save the best weights in the original checkpoint layout, and log the run:
+the whole resolved preset as params, per-epoch metrics, loss curves, a grid
+of validation crops, the checkpoint, and tags for the code (git commit) and
+the inputs (md5 over the input files, as in dvc.lock).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from synctalk.config import Config
+from synctalk.device import resolve_device
+from synctalk.models.checkpoint import load_syncnet, save_model
+from synctalk.paths import AvatarPaths
+from synctalk.registry import register_avatar_model
+from synctalk.tracking import inputs_fingerprint, log_history_plot, stage_run
+from synctalk.train.data import AvatarFrames
+from synctalk.train.tasks import SyncNetTask, UNetTask, train_settings, write_image
+from synctalk.train.trainer import History, Trainer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    history: History
+    metrics: dict[str, float]  # validation metrics of the kept (best) model
+    version: str | None = None  # registry version (U-Net only)
+
+
+def _metrics_logger(mlflow):
+    def log_metrics(metrics: dict[str, float], step: int) -> None:
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    return log_metrics
+
+
+def _params(config: Config, name: str) -> dict[str, Any]:
+    preset = config.preset_of(name)
+    return {"avatar": name, "preset_name": config.avatars[name].preset, "device": config.device,
+            "preset": asdict(preset)}  # fmt: skip
+
+
+def train_syncnet(name: str, config: Config, paths: AvatarPaths) -> TrainResult:
+    import mlflow
+
+    preset = config.preset_of(name)
+    device = resolve_device(config.device)
+    data = AvatarFrames.load(paths.crops, paths.ave, preset.geometry)
+    task = SyncNetTask(data, preset, preset.syncnet)
+    inputs = inputs_fingerprint([paths.crops, paths.ave])
+    with stage_run("syncnet", name, _params(config, name)):
+        mlflow.set_tag("inputs_md5", inputs)
+        trainer = Trainer(
+            task, train_settings(preset.syncnet), device, paths.training_state("syncnet"),
+            fingerprint=inputs, on_metrics=_metrics_logger(mlflow),
+        )  # fmt: skip
+        history = trainer.fit()
+        metrics = trainer.validate()
+        save_model(trainer.model.cpu(), paths.syncnet, avatar=name, inputs_md5=inputs,
+                   best_epoch=history.best_epoch, **metrics)  # fmt: skip
+        with tempfile.TemporaryDirectory() as tmp:
+            plot = log_history_plot(history, Path(tmp) / "syncnet_curves.png", f"SyncNet {name}")
+            mlflow.log_artifact(str(plot))
+        mlflow.log_artifact(str(paths.syncnet), "checkpoint")
+        mlflow.log_metrics({f"best_{k}": v for k, v in metrics.items()})
+        trainer.finish()
+    return TrainResult(history, metrics)
+
+
+def train_unet(name: str, config: Config, paths: AvatarPaths) -> TrainResult:
+    import mlflow
+
+    preset = config.preset_of(name)
+    device = resolve_device(config.device)
+    data = AvatarFrames.load(paths.crops, paths.ave, preset.geometry)
+    syncnet = load_syncnet(paths.syncnet, audio_mode=preset.audio_mode, device=device)
+    task = UNetTask(data, preset, preset.unet, syncnet).to(device)
+    inputs = inputs_fingerprint([paths.crops, paths.ave, paths.syncnet, paths.ave_encoder])
+    with stage_run("unet", name, _params(config, name)):
+        mlflow.set_tag("inputs_md5", inputs)
+        trainer = Trainer(
+            task, train_settings(preset.unet), device, paths.training_state("unet"),
+            fingerprint=inputs, on_metrics=_metrics_logger(mlflow),
+        )  # fmt: skip
+        history = trainer.fit()
+        metrics = trainer.validate()
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            grid = write_image(tmp / "validation_grid.png", task.sample_grid(device))
+            mlflow.log_artifact(str(grid))
+            mlflow.log_artifact(str(log_history_plot(history, tmp / "unet_curves.png",
+                                                     f"U-Net {name}")))  # fmt: skip
+            save_model(trainer.model.cpu(), paths.unet, avatar=name, inputs_md5=inputs,
+                       best_epoch=history.best_epoch, **metrics)  # fmt: skip
+            mlflow.log_metrics({f"best_{k}": v for k, v in metrics.items()})
+            version = register_avatar_model(
+                name, paths.unet, paths.ave_encoder, paths.syncnet,
+                {**_params(config, name), "inputs_md5": inputs, "metrics": metrics}, tmp,
+            )  # fmt: skip
+        trainer.finish()
+    return TrainResult(history, metrics, version)
