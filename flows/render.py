@@ -12,6 +12,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import mlflow
+
+# The registry's database layer is slow to import (about 1.5 s): load it with
+# the flow, once per worker process, not inside every run.
+import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -40,8 +45,6 @@ def render(
     glob: str = DEFAULTS.glob,
 ) -> dict[str, int]:
     """Render `avatar` saying each audio file in `audio_dir` (unless already done)."""
-    import mlflow
-
     logger = get_run_logger()
     apply_offline_env()
     mlflow.set_tracking_uri(tracking_uri(ROOT))

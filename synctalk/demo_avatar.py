@@ -561,7 +561,7 @@ def _encode(frames, wav: Path, out: Path, log_path: Path) -> None:
 class LipSyncCheck:
     n_frames: int
     detection_rate: float
-    correlation: float  # Pearson r of mouth opening ratio vs loudness (dB), detected frames
+    correlation: float  # Pearson r of mouth opening ratio vs loudness (dB), every frame
 
     def __str__(self) -> str:
         return (
@@ -575,7 +575,10 @@ def lip_sync_check(video: Path) -> LipSyncCheck:
 
     The mediapipe face mesh (video mode, as in the landmarks stage) gives the
     mouth opening ratio of every frame; the file's own audio, decoded to
-    16 kHz, gives every frame's loudness.
+    16 kHz, gives every frame's loudness. A frame where no face is found shows
+    no open mouth and counts as 0: the correlation is over every frame, so a
+    render whose face is mostly unrecognisable (an untrained model's) cannot
+    score on the handful of frames where the detector guessed a face.
     """
     from synctalk.face.mediapipe_backend import MediapipeFaceBackend
     from synctalk.media.audio import load_audio
@@ -587,12 +590,13 @@ def lip_sync_check(video: Path) -> LipSyncCheck:
             faces = backend.detect(frame)
             ratios.append(mouth_open_ratio(faces[0].points) if faces else np.nan)
     ratio = np.array(ratios)
-    loudness = frame_loudness_db(load_audio(video), SAMPLE_RATE, len(ratio))
     found = ~np.isnan(ratio)
-    if found.sum() < 3:
-        return LipSyncCheck(len(ratio), float(found.mean()), 0.0)
-    r = float(np.corrcoef(ratio[found], loudness[found])[0, 1])
-    return LipSyncCheck(len(ratio), float(found.mean()), r if np.isfinite(r) else 0.0)
+    opening = np.where(found, ratio, 0.0)
+    loudness = frame_loudness_db(load_audio(video), SAMPLE_RATE, len(ratio))
+    if len(ratio) < 3 or opening.std() == 0 or loudness.std() == 0:
+        return LipSyncCheck(len(ratio), float(found.mean()) if len(ratio) else 0.0, 0.0)
+    r = float(np.corrcoef(opening, loudness)[0, 1])
+    return LipSyncCheck(len(ratio), float(found.mean()), r)
 
 
 def make_demo_audio(out_dir: Path, texts: list[str] | None = None) -> list[Path]:

@@ -13,18 +13,28 @@ from ruamel.yaml import YAML
 from tests.conftest import REPO
 
 # What a project checkout needs for `dvc repro` (the rest is tests and docs).
-PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", "stages", "synctalk", "models", ".dvc"]
+PROJECT_FILES = [
+    "dvc.yaml", "params.yaml", ".dvcignore", "stages", "synctalk", "flows", "models", ".dvc",
+]  # fmt: skip
 
 
 def make_project(tmp: Path) -> Path:
+    """A fresh project: the checkout's code and settings, none of its avatars or DVC cache
+    (a developer's own `make demo` leaves both behind)."""
     root = tmp / "project"
     root.mkdir()
     for name in PROJECT_FILES:
         src = REPO / name
         if src.is_dir():
-            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__", "tmp"))
+            skip = ["__pycache__"] + (["tmp", "cache"] if name == ".dvc" else [])
+            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns(*skip))
         else:
             shutil.copy2(src, root / name)
+    yaml = YAML()
+    params = yaml.load((root / "params.yaml").read_text())
+    params["avatars"] = {}
+    with open(root / "params.yaml", "w") as f:
+        yaml.dump(params, f)
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     return root
 
@@ -51,3 +61,64 @@ def run(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
 
 def stages_run(output: str) -> list[str]:
     return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PrefectServer:
+    """A throwaway local Prefect server (127.0.0.1 only) with its own home folder."""
+
+    def __init__(self, home: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/api"
+        self.env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_API_URL=self.url,
+                        PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="true",
+                        PREFECT_LOGGING_LEVEL="WARNING")  # fmt: skip
+        self.env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host",
+             "127.0.0.1", "--port", str(self.port)],
+            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        import time
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(1)
+        raise TimeoutError("the Prefect server did not start")
+
+    def last_flow_run_seconds(self) -> float:
+        """Run time (start to end, as the server recorded it) of the newest finished flow run.
+
+        Finished only: serving a cron deployment also schedules future runs."""
+        import json
+        import urllib.request
+
+        finished = {"state": {"type": {"any_": ["COMPLETED", "FAILED"]}}}
+        body = json.dumps({"flow_runs": finished, "sort": "START_TIME_DESC", "limit": 1}).encode()
+        request = urllib.request.Request(f"{self.url}/flow_runs/filter", data=body,
+                                         headers={"Content-Type": "application/json"})  # fmt: skip
+        with urllib.request.urlopen(request, timeout=10) as response:
+            (flow_run,) = json.loads(response.read())
+        return float(flow_run["total_run_time"])
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()

@@ -17,7 +17,7 @@ def test_help_explains_every_command():
         text=True,
         check=True,
     ).stdout
-    assert "--preset" in demo and "--out" in demo
+    assert "--models-only" in demo and "--out" in demo
 
 
 def test_info(capsys):
@@ -27,7 +27,7 @@ def test_info(capsys):
 
 
 def test_demo_runs_on_built_in_data(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--seconds", "1.5"]) == 0
+    assert main(["demo", "--models-only", "--out", str(tmp_path), "--seconds", "1.5"]) == 0
     out = capsys.readouterr().out
     assert "onnxruntime ms/frame" in out
     features = np.load(tmp_path / "ave.npy")
@@ -64,3 +64,19 @@ def test_render_of_an_unknown_avatar_is_one_clear_error(tmp_path, caplog, monkey
     audio.write_bytes(b"RIFF")
     assert main(["render", "--avatar", "nobody", "--audio", str(audio)]) == 2
     assert "unknown avatar 'nobody'" in caplog.text
+
+
+def test_models_promote_checks_the_version(tmp_path, monkeypatch, capsys):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = MlflowClient(uri)
+    client.create_registered_model("avatar-bob")
+    for _ in range(2):
+        client.create_model_version("avatar-bob", source=str(tmp_path))
+    assert main(["models", "promote", "bob", "1"]) == 0
+    assert client.get_model_version_by_alias("avatar-bob", "champion").version in (1, "1")
+    assert main(["models", "promote", "bob", "7"]) == 2
+    assert main(["models", "promote", "bob", "one"]) == 2
+    assert "@champion" in capsys.readouterr().out

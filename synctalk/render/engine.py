@@ -15,9 +15,9 @@ last 8 frames (16 copies of the last vector), so the padded frames see the
 same window as the frames just before them: the mouth holds its last shape
 for ~0.1 s of trailing audio, typically silence at the end of a file.
 
-Threads. Three workers joined by bounded queues (at most
-`params.queue_frames` frames in flight, so memory does not grow with the
-audio's length):
+Threads. Three workers joined by two bounded queues (together at most
+`params.queue_frames` frames queued, plus the batch each worker holds), so
+memory does not grow with the audio's length:
 
 * prepare: reads the cached model-size crops and builds the U-Net's inputs
   (the 6-channel image, the audio windows), in batches;
@@ -198,8 +198,9 @@ def onnx_threads() -> int:
 
     ffmpeg's encoder and the prepare/composite threads need the CPU too, but
     measured on 2 cores (benchmarks/render.py) two onnxruntime threads still
-    render faster than one: inference is ~85% of the work per frame and the
-    other threads fit in the gaps. $SYNCTALK_ORT_THREADS overrides.
+    render faster than one (160: ~30 against 21.8 frames/s, 328: ~15 against
+    10.5): inference is ~85% of the CPU time per frame and the other work
+    fits in the gaps. $SYNCTALK_ORT_THREADS overrides.
     """
     override = os.environ.get("SYNCTALK_ORT_THREADS")
     if override:
@@ -213,11 +214,14 @@ def onnx_threads() -> int:
 def onnx_spinning() -> bool:
     """Whether onnxruntime's idle pool threads busy-wait (its default) or sleep.
 
-    Off by default: the render's other threads and ffmpeg run on the same
-    cores, and a pool thread spinning while its partner is descheduled stalls
-    every parallel operator. Measured on 2 shared cores (benchmarks/render.py)
-    the 160 U-Net inside the render went from 54 to 40 ms/frame with spinning
-    off; alone it costs ~5%. $SYNCTALK_ORT_SPINNING=1 turns it back on.
+    Off by default: the render's own threads, ffmpeg, parallel renders of a
+    batch and other jobs share the cores, and a pool thread spinning while
+    its partner is descheduled stalls every parallel operator. Measured with
+    benchmarks/render.py on the 2-core CPU: with other jobs running (load ~5)
+    the 160 preset rendered at 21.7 frames/s with spinning off against 15.1
+    with it on; on an otherwise idle machine spinning is ~10-15% faster (160:
+    34.5 against ~30 frames/s, 328: 17.6 against ~15). On a dedicated render
+    box running one render at a time, $SYNCTALK_ORT_SPINNING=1 turns it on.
     """
     return os.environ.get("SYNCTALK_ORT_SPINNING", "0") == "1"
 
