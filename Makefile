@@ -31,6 +31,8 @@ demo: setup
 bench: setup
 	$(PY) benchmarks/models.py
 	$(PY) benchmarks/prepare.py
+	$(PY) benchmarks/render.py
+	$(PY) benchmarks/render.py --long-audio-minutes 10
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
