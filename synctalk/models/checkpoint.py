@@ -66,9 +66,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def save_model(model: UNet | SyncNet, path: str | Path, **extra: Any) -> dict[str, Any]:
-    """Save `model`'s state dict in the original layout plus the sidecar; returns the metadata."""
+    """Save `model`'s state dict in the original layout plus the sidecar; returns the metadata.
+
+    The tensors are written as CPU tensors (loadable anywhere); the model stays where it is.
+    """
     path = Path(path)
-    atomic_torch_save(model.state_dict(), path)
+    atomic_torch_save({k: v.cpu() for k, v in model.state_dict().items()}, path)
     if isinstance(model, UNet):
         meta = {"kind": "unet", **_spec_dict(model.spec)}
     elif isinstance(model, SyncNet):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -49,30 +50,47 @@ def _params(config: Config, name: str) -> dict[str, Any]:
             "preset": asdict(preset)}  # fmt: skip
 
 
+@contextmanager
+def _tracked_training(stage: str, title: str, name: str, config: Config, paths: AvatarPaths,
+                      task, settings, inputs: list[Path], checkpoint: Path):  # fmt: skip
+    """One training stage in its MLflow run: fit (resuming an interrupted run), save the
+    best weights to `checkpoint`, log the loss curves and the best metrics.
+
+    Yields (history, metrics, inputs fingerprint, scratch dir) for the stage's own
+    artifacts; the resumable training state is removed once the body has finished
+    without error.
+    """
+    import mlflow
+
+    fingerprint = inputs_fingerprint(inputs)
+    device = resolve_device(config.device)
+    with stage_run(stage, name, _params(config, name)), tempfile.TemporaryDirectory() as tmp:
+        mlflow.set_tag("inputs_md5", fingerprint)
+        trainer = Trainer(
+            task, settings, device, paths.training_state(stage),
+            fingerprint=fingerprint, on_metrics=_metrics_logger(mlflow),
+        )  # fmt: skip
+        history = trainer.fit()
+        metrics = trainer.validate()
+        save_model(trainer.model, checkpoint, avatar=name, inputs_md5=fingerprint,
+                   best_epoch=history.best_epoch, **metrics)  # fmt: skip
+        curves = log_history_plot(history, Path(tmp) / f"{stage}_curves.png", f"{title} {name}")
+        mlflow.log_artifact(str(curves))
+        mlflow.log_metrics({f"best_{k}": v for k, v in metrics.items()})
+        yield history, metrics, fingerprint, Path(tmp)
+        trainer.finish()
+
+
 def train_syncnet(name: str, config: Config, paths: AvatarPaths) -> TrainResult:
     import mlflow
 
     preset = config.preset_of(name)
-    device = resolve_device(config.device)
     data = AvatarFrames.load(paths.crops, paths.ave, preset.geometry)
     task = SyncNetTask(data, preset, preset.syncnet)
-    inputs = inputs_fingerprint([paths.crops, paths.ave])
-    with stage_run("syncnet", name, _params(config, name)):
-        mlflow.set_tag("inputs_md5", inputs)
-        trainer = Trainer(
-            task, train_settings(preset.syncnet), device, paths.training_state("syncnet"),
-            fingerprint=inputs, on_metrics=_metrics_logger(mlflow),
-        )  # fmt: skip
-        history = trainer.fit()
-        metrics = trainer.validate()
-        save_model(trainer.model.cpu(), paths.syncnet, avatar=name, inputs_md5=inputs,
-                   best_epoch=history.best_epoch, **metrics)  # fmt: skip
-        with tempfile.TemporaryDirectory() as tmp:
-            plot = log_history_plot(history, Path(tmp) / "syncnet_curves.png", f"SyncNet {name}")
-            mlflow.log_artifact(str(plot))
+    with _tracked_training("syncnet", "SyncNet", name, config, paths, task,
+                           train_settings(preset.syncnet), [paths.crops, paths.ave],
+                           paths.syncnet) as (history, metrics, _, _):  # fmt: skip
         mlflow.log_artifact(str(paths.syncnet), "checkpoint")
-        mlflow.log_metrics({f"best_{k}": v for k, v in metrics.items()})
-        trainer.finish()
     return TrainResult(history, metrics)
 
 
@@ -84,27 +102,14 @@ def train_unet(name: str, config: Config, paths: AvatarPaths) -> TrainResult:
     data = AvatarFrames.load(paths.crops, paths.ave, preset.geometry)
     syncnet = load_syncnet(paths.syncnet, audio_mode=preset.audio_mode, device=device)
     task = UNetTask(data, preset, preset.unet, syncnet).to(device)
-    inputs = inputs_fingerprint([paths.crops, paths.ave, paths.syncnet, paths.ave_encoder])
-    with stage_run("unet", name, _params(config, name)):
-        mlflow.set_tag("inputs_md5", inputs)
-        trainer = Trainer(
-            task, train_settings(preset.unet), device, paths.training_state("unet"),
-            fingerprint=inputs, on_metrics=_metrics_logger(mlflow),
+    inputs = [paths.crops, paths.ave, paths.syncnet, paths.ave_encoder]
+    with _tracked_training("unet", "U-Net", name, config, paths, task,
+                           train_settings(preset.unet), inputs,
+                           paths.unet) as (history, metrics, fingerprint, tmp):  # fmt: skip
+        mlflow.log_artifact(str(write_image(tmp / "validation_grid.png", task.sample_grid(device))))
+        version = register_avatar_model(
+            name, paths.unet, paths.ave_encoder, paths.syncnet,
+            {**_params(config, name), "inputs_md5": fingerprint, "metrics": metrics},
+            tmp,
         )  # fmt: skip
-        history = trainer.fit()
-        metrics = trainer.validate()
-        with tempfile.TemporaryDirectory() as tmp:
-            tmp = Path(tmp)
-            grid = write_image(tmp / "validation_grid.png", task.sample_grid(device))
-            mlflow.log_artifact(str(grid))
-            mlflow.log_artifact(str(log_history_plot(history, tmp / "unet_curves.png",
-                                                     f"U-Net {name}")))  # fmt: skip
-            save_model(trainer.model.cpu(), paths.unet, avatar=name, inputs_md5=inputs,
-                       best_epoch=history.best_epoch, **metrics)  # fmt: skip
-            mlflow.log_metrics({f"best_{k}": v for k, v in metrics.items()})
-            version = register_avatar_model(
-                name, paths.unet, paths.ave_encoder, paths.syncnet,
-                {**_params(config, name), "inputs_md5": inputs, "metrics": metrics}, tmp,
-            )  # fmt: skip
-        trainer.finish()
     return TrainResult(history, metrics, version)
