@@ -39,14 +39,13 @@ def _untrained_render(audio: Path, out: Path) -> Path:
     """The same avatar and audio rendered by a U-Net that never trained."""
     import torch
 
-    from synctalk.config import load_config as _load
     from synctalk.device import resolve_device
     from synctalk.features.ave import load_encoder
     from synctalk.models import build_unet
     from synctalk.render.avatar import prepare_render_avatar
     from synctalk.render.engine import load_runtime, render_video
 
-    config = _load(ROOT / "params.yaml")
+    config = load_config(ROOT / "params.yaml")
     preset = config.preset_of(AVATAR)
     torch.manual_seed(0)
     unet = build_unet(preset.resolution, preset.audio_mode, preset.mobile).eval()

@@ -45,6 +45,7 @@ from scipy.io import wavfile
 
 from synctalk.atomic import atomic_path
 from synctalk.config import FPS, SAMPLE_RATE
+from synctalk.evaluate.metrics import loudness_envelope, mouth_opening
 from synctalk.media.ffmpeg import MediaError, ffmpeg_exe, ffmpeg_input
 
 log = logging.getLogger(__name__)
@@ -269,15 +270,8 @@ def compose_speech(
 
 
 def frame_loudness_db(wav: np.ndarray, rate: int, n_frames: int) -> np.ndarray:
-    """float [n_frames]: RMS in dBFS of the samples in [i/25, (i+1)/25), floored at -60 dB."""
-    wav = np.asarray(wav, dtype=np.float64)
-    out = np.full(n_frames, SILENCE_DB)
-    for i in range(n_frames):
-        chunk = wav[i * rate // FPS : (i + 1) * rate // FPS]
-        if chunk.size:
-            rms = np.sqrt(np.mean(chunk**2))
-            out[i] = 20 * np.log10(max(rms, 10 ** (SILENCE_DB / 20)))
-    return out
+    """float [n_frames]: RMS in dBFS of each 25 fps frame's samples, floored at -60 dB."""
+    return loudness_envelope(wav, n_frames, sample_rate=rate, floor_db=SILENCE_DB)
 
 
 def mouth_track(loudness_db: np.ndarray) -> np.ndarray:
@@ -290,13 +284,6 @@ def mouth_track(loudness_db: np.ndarray) -> np.ndarray:
     x = np.clip((loudness_db - CLOSED_DB) / (OPEN_DB - CLOSED_DB), 0.0, 1.0)
     padded = np.pad(x, 1, mode="edge")
     return 0.25 * padded[:-2] + 0.5 * padded[1:-1] + 0.25 * padded[2:]
-
-
-def mouth_open_ratio(points: np.ndarray) -> float:
-    """Inner lip gap (mesh points 13-14) over mouth width (61-291): 0 for closed lips."""
-    gap = np.linalg.norm(points[13] - points[14])
-    width = np.linalg.norm(points[61] - points[291])
-    return float(gap / max(width, 1e-6))
 
 
 # --------------------------------------------------------------------------
@@ -580,7 +567,7 @@ def lip_sync_check(video: Path) -> LipSyncCheck:
     render whose face is mostly unrecognisable (an untrained model's) cannot
     score on the handful of frames where the detector guessed a face.
     """
-    from synctalk.face.mediapipe_backend import MediapipeFaceBackend
+    from synctalk.face.mediapipe_backend import MEDIAPIPE_ANCHORS, MediapipeFaceBackend
     from synctalk.media.audio import load_audio
     from synctalk.media.video import iter_frames
 
@@ -588,7 +575,7 @@ def lip_sync_check(video: Path) -> LipSyncCheck:
     with MediapipeFaceBackend(max_faces=1) as backend:
         for frame in iter_frames(video):
             faces = backend.detect(frame)
-            ratios.append(mouth_open_ratio(faces[0].points) if faces else np.nan)
+            ratios.append(mouth_opening(faces[0].points, MEDIAPIPE_ANCHORS)[0] if faces else np.nan)
     ratio = np.array(ratios)
     found = ~np.isnan(ratio)
     opening = np.where(found, ratio, 0.0)

@@ -239,6 +239,7 @@ def loudness_envelope(
     n_frames: int,
     fps: float = FPS,
     sample_rate: int = SAMPLE_RATE,
+    floor_db: float = LOUDNESS_FLOOR_DB,
 ) -> np.ndarray:
     """RMS level in dBFS per video frame, float64 [n_frames].
 
@@ -246,7 +247,7 @@ def loudness_envelope(
     i.e. [i/fps, (i+1)/fps) seconds, the span the frame is shown for (640
     samples at 25 fps). dB rather than linear RMS because perceived loudness,
     and how wide a mouth opens, track the log of the energy. Frames past the
-    end of the audio, and silence, read `LOUDNESS_FLOOR_DB`; a frame partly
+    end of the audio, and silence, read `floor_db`; a frame partly
     past the end uses the samples it has.
     """
     wav = np.asarray(wav_16k, dtype=np.float64)
@@ -260,7 +261,7 @@ def loudness_envelope(
     energy = np.concatenate([[0.0], np.cumsum(wav * wav)])
     counts = np.diff(bounds)
     sums = np.maximum(energy[bounds[1:]] - energy[bounds[:-1]], 0.0)
-    floor = 10.0 ** (LOUDNESS_FLOOR_DB / 20.0)
+    floor = 10.0 ** (floor_db / 20.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         rms = np.sqrt(np.where(counts > 0, sums / np.maximum(counts, 1), 0.0))
     return 20.0 * np.log10(np.maximum(rms, floor))
