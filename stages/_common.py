@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from synctalk.atomic import atomic_path
 from synctalk.config import Config, ConfigError, load_config
 from synctalk.paths import AvatarPaths
 
 log = logging.getLogger("stages")
+
+
+def write_json(path: Path, data) -> None:
+    """Metrics or plot data for DVC, written atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2))
 
 
 def run_stage(

@@ -35,6 +35,7 @@ def ave_encoder(name: str, config: Config, paths: AvatarPaths) -> None:
                 {
                     "val_accuracy_start": r.val_accuracy_start,
                     "val_accuracy": r.val_accuracy,
+                    "val_pair_accuracy": r.val_pair_accuracy,
                     "val_loss_start": r.val_loss_start,
                     "val_loss": r.val_loss,
                     "best_step": r.best_step,

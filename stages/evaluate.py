@@ -7,12 +7,10 @@ version that was evaluated and gives it the alias `candidate` for review.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
-from stages._common import run_stage
-from synctalk.atomic import atomic_path
+from stages._common import run_stage, write_json
 from synctalk.config import Config
 from synctalk.device import resolve_device
 from synctalk.evaluate.run import evaluate_avatar
@@ -22,11 +20,6 @@ from synctalk.registry import CANDIDATE, set_alias, set_version_metrics, version
 from synctalk.tracking import stage_run
 
 log = logging.getLogger("stages.evaluate")
-
-
-def _write_json(path: Path, data) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2))
 
 
 def evaluate(name: str, config: Config, paths: AvatarPaths) -> None:
@@ -44,13 +37,13 @@ def evaluate(name: str, config: Config, paths: AvatarPaths) -> None:
             config.landmarks, config.render.feather, device,
         )  # fmt: skip
         metrics = {k: round(float(v), 6) for k, v in result.metrics.items()}
-        _write_json(out / "metrics.json", {**metrics, "model_version": int(version)})
-        _write_json(out / "plots" / "sync_offsets.json", [
+        write_json(out / "metrics.json", {**metrics, "model_version": int(version)})
+        write_json(out / "plots" / "sync_offsets.json", [
             {"offset": int(o), "rendered": float(d), "real": float(r)}
             for o, d, r in zip(result.sync.offsets, result.sync.distances,
                                result.sync_real.distances, strict=True)
         ])  # fmt: skip
-        _write_json(out / "plots" / "frame_psnr.json", [
+        write_json(out / "plots" / "frame_psnr.json", [
             {"frame": int(f), "psnr": float(p)} for f, p in zip(result.frames, result.frame_psnr,
                                                                   strict=True)
         ])  # fmt: skip

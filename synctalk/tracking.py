@@ -96,6 +96,26 @@ def log_history_plot(history: Any, path: Path, title: str) -> Path:
     return path
 
 
+def log_offset_curve_plot(score: Any, path: Path, title: str) -> Path:
+    """A SyncScore's mean face/audio distance per offset, the best offset marked, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.plot(score.offsets, score.distances, marker="o")
+    ax.axvline(score.best_offset, color="tab:red", linestyle="--",
+               label=f"best {score.best_offset:+d}, LSE-C {score.confidence:.3f}")  # fmt: skip
+    ax.set(title=title, xlabel="offset (audio frame - face frame)", ylabel="mean distance")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
 def inputs_fingerprint(paths: list[Path]) -> str:
     """md5 over the inputs' md5s, as DVC computes them for dvc.lock (files only)."""
     import hashlib

@@ -5,6 +5,9 @@ import torch
 from synctalk.config import AveEncoderParams, resolution
 from synctalk.features.ave import load_encoder
 from synctalk.train.ave_encoder import (
+    VALIDATION_NEGATIVES,
+    AudioEncoderTask,
+    LowerFaces,
     lower_face,
     prepare_audio_encoder,
     train_audio_encoder,
@@ -46,9 +49,24 @@ def test_training_learns_a_visible_sync_and_keeps_the_best_step():
     params = AveEncoderParams(steps=100, batch_size=16, min_offset_frames=6)
     encoder, report = train_audio_encoder(faces, mels, params, torch.device("cpu"))
     assert report.val_loss < report.val_loss_start
-    assert report.val_accuracy > 0.7
+    assert report.val_accuracy > 0.7 and report.val_pair_accuracy > 0.7
     assert 0 < report.best_step <= 100
     assert encoder(torch.from_numpy(mels[:4])).shape == (4, 512)
+
+
+def test_held_out_faces_come_with_several_off_sync_windows():
+    faces, mels = _synthetic_avatar()
+    task = AudioEncoderTask(LowerFaces(faces, mels), AveEncoderParams(min_offset_frames=6))
+    face, own, off = task.train_set[0]
+    assert face.shape == (3, 48, 96) and own.shape == (1, 80, 16) and off.shape == (1, 1, 80, 16)
+    _, own, off = task.val_set[3]
+    frame = int(task.val_set.frames[3])
+    assert torch.equal(own, torch.from_numpy(mels[frame]))
+    assert off.shape == (VALIDATION_NEGATIVES, 1, 80, 16)
+    assert not any(torch.equal(own, o) for o in off)  # min_offset_frames away (distinct noise)
+    batch = [torch.stack(x) for x in zip(*(task.val_set[i] for i in range(4)), strict=True)]
+    logits, label, weight = task._pairs(batch)
+    assert logits.shape == (4 * (1 + VALIDATION_NEGATIVES),) and label[:4].sum() == 4
 
 
 def test_too_little_footage_is_refused():

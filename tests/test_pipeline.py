@@ -32,7 +32,7 @@ def prepared(tmp_path_factory):
     """A project with avatar `lieu` prepared and trained by `dvc repro` (tiny preset).
 
     For debugging, SYNCTALK_REUSE_PROJECT=<a copy of a project a previous run made,
-    outside pytest's tmp folder, which pytest prunes> skips the 7-minute repro.
+    outside pytest's tmp folder, which pytest prunes> skips the 10-minute repro.
     """
     reuse = os.environ.get("SYNCTALK_REUSE_PROJECT")
     if reuse:
@@ -41,7 +41,6 @@ def prepared(tmp_path_factory):
     root = make_project(tmp_path_factory.mktemp("dvc"))
     run(root, sys.executable, "-m", "synctalk.cli", "avatar", "add", "lieu", str(video),
         "--preset", "tiny")  # fmt: skip
-    set_params(root, ave_encoder={"steps": 40})
     first = run(root, "dvc", "repro")
     return root, first
 
@@ -93,8 +92,21 @@ def test_tiny_training_learns_and_registers_version_1(prepared):
     root, _ = prepared
     client, runs = _runs(root)
     by_stage = {r.data.tags["stage"]: r for r in runs}
-    syncnet = client.get_metric_history(by_stage["syncnet"].info.run_id, "val_pair_accuracy")
-    assert syncnet[-1].value > 0.5  # tells in-sync from nearby off-sync audio
+    # The SyncNet tells in-sync from nearby off-sync audio on the ~113 held-out
+    # frames (8 off-sync windows each; chance is 0.5), and its offset curve there
+    # has its minimum at 0.
+    syncnet = by_stage["syncnet"].data.metrics
+    assert syncnet["best_val_pair_accuracy"] > 0.6
+    held_out = json.loads((root / "eval" / "lieu" / "syncnet.json").read_text())
+    assert held_out["val_pair_accuracy"] == pytest.approx(
+        syncnet["best_val_pair_accuracy"], abs=1e-5
+    )
+    assert abs(held_out["val_sync_offset"]) <= 1 and held_out["val_lse_c"] > 0.05
+    curve = json.loads((root / "eval" / "lieu" / "plots" / "syncnet_offsets.json").read_text())
+    assert [row["offset"] for row in curve] == list(range(-15, 16))
+    assert "syncnet_offsets.png" in {
+        a.path for a in client.list_artifacts(by_stage["syncnet"].info.run_id)
+    }
     unet_run = by_stage["unet"]
     l1 = [m.value for m in client.get_metric_history(unet_run.info.run_id, "val_l1")]
     assert l1[0] > 0 and min(l1) < 0.7 * l1[0]  # clearly better than at step 0
@@ -124,7 +136,7 @@ def test_evaluate_writes_the_four_metrics_and_marks_the_candidate(prepared):
         assert isinstance(metrics[key], float | int), key
     assert metrics["psnr"] > 15 and 0 < metrics["ssim"] <= 1 and metrics["lmd"] < 1
     shown = run(root, "dvc", "metrics", "show").stdout
-    for key in ("psnr", "ssim", "lmd", "lse_d", "lse_c"):
+    for key in ("psnr", "ssim", "lmd", "lse_d", "lse_c", "val_pair_accuracy"):
         assert key in shown
     offsets = json.loads((root / "eval" / "lieu" / "plots" / "sync_offsets.json").read_text())
     assert [row["offset"] for row in offsets] == list(range(-15, 16))
@@ -214,7 +226,10 @@ def test_killed_unet_stage_resumes_from_its_last_checkpoint(prepared):
     resumed = [r for r in runs if r.data.tags["stage"] == "unet"][-1]
     losses = client.get_metric_history(resumed.info.run_id, "train_loss")
     assert min(m.step for m in losses) == killed_at["epoch"] + 1  # the epoch counter continues
-    assert losses[0].value < initial_l1 and losses[0].value < 1.2 * first_epoch_loss
+    assert losses[0].value < 1.2 * first_epoch_loss
+    # Its L1 part (the loss also holds the sync term) is far below the untrained model's.
+    resumed_l1 = client.get_metric_history(resumed.info.run_id, "train_l1")[0].value
+    assert resumed_l1 < 0.8 * initial_l1
     assert not state.exists()  # finished: nothing left to resume
 
 

@@ -13,7 +13,7 @@ from synctalk.models import build_unet
 from synctalk.models.checkpoint import load_unet
 from synctalk.train.data import AvatarFrames, ResumableSampler, UNetSamples, colour_jitter
 from synctalk.train.losses import MissingWeightsError
-from synctalk.train.tasks import SyncNetTask, UNetTask, train_settings
+from synctalk.train.tasks import VALIDATION_NEGATIVES, SyncNetTask, UNetTask, train_settings
 from synctalk.train.trainer import Trainer, cosine_with_warmup
 
 TINY = ModelPreset(resolution="160", audio_mode="ave", mobile=True)
@@ -154,11 +154,42 @@ def test_syncnet_task_trains_and_reports_accuracy(tmp_path):
     training = SyncNetTraining(epochs=1, steps_per_epoch=3, batch_size=4, checkpoint_every=10)
     task = SyncNetTask(synthetic_avatar(150), TINY, training)
     face, in_sync, off_sync = task.train_set[0]
-    assert face.shape == (3, 160, 160) and in_sync.shape == off_sync.shape == (32, 16, 16)
-    assert not torch.equal(in_sync, off_sync)
+    assert face.shape == (3, 160, 160) and in_sync.shape == (32, 16, 16)
+    assert off_sync.shape == (1, 32, 16, 16) and not torch.equal(in_sync, off_sync[0])
+    _, _, held_out_negatives = task.val_set[0]
+    assert held_out_negatives.shape == (VALIDATION_NEGATIVES, 32, 16, 16)
     history = Trainer(task, train_settings(training), torch.device("cpu"), tmp_path).fit()
     assert {"val_loss", "val_accuracy", "val_pair_accuracy"} <= set(history.val[-1])
     assert 0 <= history.val[-1]["val_accuracy"] <= 1
+    curve = task.offset_curve(torch.device("cpu"))
+    assert curve.offsets.tolist() == list(range(-14, 15))  # 15 held-out frames
+    assert curve.distances[curve.offsets == curve.best_offset][0] == curve.min_distance
+
+
+def test_syncnet_validation_metrics_count_every_negative(monkeypatch):
+    """2 faces x 2 negatives: ranked accuracy over the 4 (face, negative) pairs,
+    thresholded accuracy balanced between the 2 positives and the 4 negatives."""
+    task = SyncNetTask(synthetic_avatar(150), TINY, SyncNetTraining(epochs=1))
+    p = torch.tensor([0.9, 0.4, 0.3, 0.95, 0.2, 0.1])
+    label = torch.tensor([1.0, 1, 0, 0, 0, 0])
+    weight = torch.tensor([0.25, 0.25, 0.125, 0.125, 0.125, 0.125])
+    monkeypatch.setattr(task, "_pairs", lambda batch: (p, label, weight))
+    metrics = task.validate(None)
+    assert metrics["pair_accuracy"] == pytest.approx(3 / 4)  # only 0.9 < 0.95 is wrong
+    assert metrics["accuracy"] == pytest.approx(0.5 * 1 / 2 + 0.5 * 3 / 4)
+    expected = -(0.25 * (np.log(0.9) + np.log(0.4))
+                 + 0.125 * (np.log(0.7) + np.log(0.05) + np.log(0.8) + np.log(0.9)))  # fmt: skip
+    assert metrics["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_syncnet_pairs_weigh_positives_and_negatives_equally():
+    task = SyncNetTask(synthetic_avatar(150), TINY, SyncNetTraining(epochs=1))
+    batch = [torch.stack(x) for x in zip(*(task.val_set[i] for i in range(3)), strict=True)]
+    p, label, weight = task._pairs(batch)
+    assert p.shape == label.shape == weight.shape == (3 * (1 + VALIDATION_NEGATIVES),)
+    assert label[:3].tolist() == [1, 1, 1] and label[3:].sum() == 0
+    assert float(weight[label == 1].sum()) == pytest.approx(0.5)
+    assert float(weight[label == 0].sum()) == pytest.approx(0.5)
 
 
 def test_fine_tuning_from_an_original_checkpoint(tmp_path):

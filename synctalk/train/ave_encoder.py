@@ -30,11 +30,13 @@ from synctalk.media.audio import load_audio, melspectrogram
 from synctalk.models.audio_encoder import EMBEDDING_DIM, AudioEncoder
 from synctalk.models.checkpoint import file_sha256
 from synctalk.train.data import VALIDATION_FRACTION, EpochDataset, off_sync_frame
+from synctalk.train.losses import sync_pair_labels, sync_pair_metrics
 from synctalk.train.trainer import Trainer, TrainSettings, seed_everything
 
 log = logging.getLogger(__name__)
 
 MOUTH_INPUT = (48, 96)  # height, width of the face tower's lower-face input
+VALIDATION_NEGATIVES = 8  # off-sync mel windows per held-out face
 EVAL_EVERY = 50  # steps
 
 
@@ -77,9 +79,13 @@ class MelSyncNet(nn.Module):
         self.scale = nn.Parameter(torch.tensor(5.0))
         self.bias = nn.Parameter(torch.tensor(-2.5))
 
-    def forward(self, face: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
-        a = F.normalize(self.audio(mel), dim=1)
+    def forward(self, face: torch.Tensor, in_sync: torch.Tensor, off_sync: torch.Tensor):
+        """Sync logits of n faces [n,3,48,96] with their own mel windows [n,1,80,16], then
+        with their off-sync ones [n,k,1,80,16] (face-major), laid out as by sync_pair_labels."""
+        k = off_sync.shape[1]
+        a = F.normalize(self.audio(torch.cat([in_sync, off_sync.flatten(0, 1)])), dim=1)
         f = F.normalize(self.face(face), dim=1)
+        f = torch.cat([f, f.repeat_interleave(k, dim=0)])
         return self.scale * (a * f).sum(dim=1) + self.bias
 
 
@@ -91,7 +97,8 @@ class EncoderReport:
     val_loss_start: float
     val_loss: float
     val_accuracy_start: float
-    val_accuracy: float
+    val_accuracy: float  # balanced: in-sync and off-sync pairs weigh half each
+    val_pair_accuracy: float  # a held-out face scores its own audio above a nearby frame's
 
 
 @dataclass
@@ -101,21 +108,22 @@ class LowerFaces:
 
 
 class MelSyncSamples(EpochDataset):
-    """(lower face, mel window, label): half in sync, half with nearby audio."""
+    """(lower face, its own mel window, the mel windows of `negatives` nearby frames)."""
 
-    def __init__(self, data: LowerFaces, frames: np.ndarray, seed: int, min_offset: int):
+    def __init__(self, data: LowerFaces, frames: np.ndarray, seed: int, min_offset: int,
+                 negatives: int = 1):  # fmt: skip
         super().__init__(data, frames, seed)
-        self.min_offset = min_offset
+        self.min_offset, self.negatives = min_offset, negatives
 
     def __getitem__(self, index: int):
         rng = self.rng(index)
         frame = int(self.frames[index])
-        in_sync = rng.random() < 0.5
-        audio = frame if in_sync else off_sync_frame(rng, self.frames, frame, self.min_offset)
+        others = [off_sync_frame(rng, self.frames, frame, self.min_offset)
+                  for _ in range(self.negatives)]  # fmt: skip
         return (
             torch.from_numpy(self.data.faces[frame].astype(np.float32) / 255.0),
-            torch.from_numpy(self.data.mels[audio]),
-            torch.tensor(float(in_sync)),
+            torch.from_numpy(self.data.mels[frame]),
+            torch.from_numpy(self.data.mels[others]),
         )
 
 
@@ -132,19 +140,32 @@ class AudioEncoderTask:
         self.model = MelSyncNet()
         seed, offset = params.seed, params.min_offset_frames
         self.train_set = MelSyncSamples(data, np.arange(n - n_val), seed, offset)
-        self.val_set = MelSyncSamples(data, np.arange(n - n_val, n), seed + 1, offset)
+        # Several negatives per held-out face: the best step is picked on this
+        # loss, and one pair per face of a ~100-frame split is too noisy for that.
+        self.val_set = MelSyncSamples(data, np.arange(n - n_val, n), seed + 1, offset,
+                                      negatives=VALIDATION_NEGATIVES)  # fmt: skip
+
+    def _pairs(self, batch):
+        face, in_sync, off_sync = batch
+        logits = self.model(face, in_sync, off_sync)
+        return (logits, *sync_pair_labels(len(face), off_sync.shape[1], face.device))
 
     def loss(self, batch):
-        face, mel, label = batch
-        return F.binary_cross_entropy_with_logits(self.model(face, mel), label), {}
+        logits, label, weight = self._pairs(batch)
+        return _weighted_bce_with_logits(logits, label, weight), {}
 
     def validate(self, batch):
-        face, mel, label = batch
-        logits = self.model(face, mel).float()
+        logits, label, weight = self._pairs(batch)
+        logits = logits.float()
         return {
-            "loss": float(F.binary_cross_entropy_with_logits(logits, label)),
-            "accuracy": float(((logits > 0).float() == label).float().mean()),
+            "loss": float(_weighted_bce_with_logits(logits, label, weight)),
+            **sync_pair_metrics(torch.sigmoid(logits), label, weight),
         }
+
+
+def _weighted_bce_with_logits(logits, label, weight) -> torch.Tensor:
+    bce = F.binary_cross_entropy_with_logits(logits.float(), label, reduction="none")
+    return (bce * weight).sum()
 
 
 def train_audio_encoder(
@@ -188,11 +209,13 @@ def train_audio_encoder(
         val_loss=best["val_loss"],
         val_accuracy_start=start["val_accuracy"],
         val_accuracy=best["val_accuracy"],
+        val_pair_accuracy=best["val_pair_accuracy"],
     )
     log.info(
-        "audio encoder: validation accuracy %.3f -> %.3f, loss %.3f -> %.3f (best at step %d)",
-        report.val_accuracy_start, report.val_accuracy, report.val_loss_start, report.val_loss,
-        report.best_step,
+        "audio encoder: validation accuracy %.3f -> %.3f (pair accuracy %.3f), "
+        "loss %.3f -> %.3f (best at step %d)",
+        report.val_accuracy_start, report.val_accuracy, report.val_pair_accuracy,
+        report.val_loss_start, report.val_loss, report.best_step,
     )  # fmt: skip
     return task.model.audio.cpu().eval(), report
 

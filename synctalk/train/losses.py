@@ -71,3 +71,30 @@ def sync_bce(audio_embedding: torch.Tensor, face_embedding: torch.Tensor, label:
     with torch.autocast(label.device.type, enabled=False):
         p = sync_probability(audio_embedding.float(), face_embedding.float())
         return F.binary_cross_entropy(p, label.float())
+
+
+def sync_pair_labels(n: int, negatives: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Labels and BCE weights of n in-sync pairs followed by n x `negatives` off-sync ones.
+
+    The in-sync and the off-sync pairs weigh half each, however many negatives
+    a face has, so a model cannot lower the loss by calling everything off-sync.
+    """
+    label = torch.cat([torch.ones(n), torch.zeros(n * negatives)])
+    weight = torch.cat(
+        [torch.full((n,), 0.5 / n), torch.full((n * negatives,), 0.5 / (n * negatives))]
+    )
+    return label.to(device), weight.to(device)
+
+
+def sync_pair_metrics(p: torch.Tensor, label: torch.Tensor, weight: torch.Tensor) -> dict:
+    """Validation figures of in-sync probabilities laid out as by `sync_pair_labels`.
+
+    accuracy: balanced, is each pair called in sync (p > 0.5) correctly?
+    pair_accuracy: ranked, does a face score its own audio above each off-sync one?
+    """
+    n = int(label.sum())
+    own = p[:n].repeat_interleave((len(p) - n) // n)  # each face's in-sync p, per negative
+    return {
+        "accuracy": float((((p > 0.5).float() == label).float() * weight).sum()),
+        "pair_accuracy": float((own > p[n:]).float().mean()),
+    }

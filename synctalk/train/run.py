@@ -19,10 +19,16 @@ from typing import Any
 
 from synctalk.config import Config
 from synctalk.device import resolve_device
+from synctalk.evaluate.sync import SyncScore
 from synctalk.models.checkpoint import load_syncnet, save_model
 from synctalk.paths import AvatarPaths
 from synctalk.registry import register_avatar_model
-from synctalk.tracking import inputs_fingerprint, log_history_plot, stage_run
+from synctalk.tracking import (
+    inputs_fingerprint,
+    log_history_plot,
+    log_offset_curve_plot,
+    stage_run,
+)
 from synctalk.train.data import AvatarFrames
 from synctalk.train.tasks import SyncNetTask, UNetTask, train_settings, write_image
 from synctalk.train.trainer import History, Trainer
@@ -35,6 +41,7 @@ class TrainResult:
     history: History
     metrics: dict[str, float]  # validation metrics of the kept (best) model
     version: str | None = None  # registry version (U-Net only)
+    sync: SyncScore | None = None  # offset curve on the held-out frames (SyncNet only)
 
 
 def _metrics_logger(mlflow):
@@ -89,9 +96,15 @@ def train_syncnet(name: str, config: Config, paths: AvatarPaths) -> TrainResult:
     task = SyncNetTask(data, preset, preset.syncnet)
     with _tracked_training("syncnet", "SyncNet", name, config, paths, task,
                            train_settings(preset.syncnet), [paths.crops, paths.ave],
-                           paths.syncnet) as (history, metrics, _, _):  # fmt: skip
+                           paths.syncnet) as (history, metrics, _, tmp):  # fmt: skip
         mlflow.log_artifact(str(paths.syncnet), "checkpoint")
-    return TrainResult(history, metrics)
+        sync = task.offset_curve(resolve_device(config.device))
+        mlflow.log_metrics({f"val_{k}": v for k, v in sync.as_metrics().items()})
+        mlflow.log_artifact(str(log_offset_curve_plot(
+            sync, tmp / "syncnet_offsets.png", f"SyncNet {name}: held-out frames")))  # fmt: skip
+        log.info("%s: held-out offset curve: best offset %+d, LSE-C %.4f, LSE-D %.4f",
+                 name, sync.best_offset, sync.confidence, sync.min_distance)  # fmt: skip
+    return TrainResult(history, metrics, sync=sync)
 
 
 def train_unet(name: str, config: Config, paths: AvatarPaths) -> TrainResult:
