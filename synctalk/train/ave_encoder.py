@@ -29,7 +29,7 @@ from synctalk.features.ave import load_encoder, mel_windows, save_encoder
 from synctalk.media.audio import load_audio, melspectrogram
 from synctalk.models.audio_encoder import EMBEDDING_DIM, AudioEncoder
 from synctalk.models.checkpoint import file_sha256
-from synctalk.train.data import VALIDATION_FRACTION, EpochDataset, off_sync_frame
+from synctalk.train.data import VALIDATION_FRACTION, SyncPairs
 from synctalk.train.losses import sync_pair_labels, sync_pair_metrics
 from synctalk.train.trainer import Trainer, TrainSettings, seed_everything
 
@@ -107,24 +107,14 @@ class LowerFaces:
     mels: np.ndarray  # float32 [N, 1, 80, 16]
 
 
-class MelSyncSamples(EpochDataset):
-    """(lower face, its own mel window, the mel windows of `negatives` nearby frames)."""
+class MelSyncSamples(SyncPairs):
+    """The mel SyncNet's pairs: lower faces and mel windows."""
 
-    def __init__(self, data: LowerFaces, frames: np.ndarray, seed: int, min_offset: int,
-                 negatives: int = 1):  # fmt: skip
-        super().__init__(data, frames, seed)
-        self.min_offset, self.negatives = min_offset, negatives
+    def face(self, frame: int, rng: np.random.Generator) -> np.ndarray:
+        return self.data.faces[frame].astype(np.float32) / 255.0
 
-    def __getitem__(self, index: int):
-        rng = self.rng(index)
-        frame = int(self.frames[index])
-        others = [off_sync_frame(rng, self.frames, frame, self.min_offset)
-                  for _ in range(self.negatives)]  # fmt: skip
-        return (
-            torch.from_numpy(self.data.faces[frame].astype(np.float32) / 255.0),
-            torch.from_numpy(self.data.mels[frame]),
-            torch.from_numpy(self.data.mels[others]),
-        )
+    def audio(self, frame: int) -> np.ndarray:
+        return self.data.mels[frame]
 
 
 class AudioEncoderTask:

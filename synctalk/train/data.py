@@ -153,36 +153,55 @@ class UNetSamples(EpochDataset):
         )
 
 
-class SyncSamples(EpochDataset):
-    """(crop, its own audio window, the audio windows of `negatives` nearby frames).
+class SyncPairs(EpochDataset):
+    """(face, its own audio, the audio of `negatives` nearby frames [negatives, ...]).
 
-    Each face comes with its in-sync window and off-sync ones [negatives, ...],
-    so the SyncNet learns from the audio alone what fits this mouth (the face
-    tower, by far the costlier one, runs once for all of a face's pairs).
-    Validation uses several negatives per face: a held-out split of a short
-    clip has only ~100 faces, and one pair each would make the accuracy
-    swing by +-0.05 from the draw alone.
+    What a sync model (the SyncNet, the AVE encoder's mel SyncNet) learns from:
+    each face comes with its in-sync audio and off-sync audio from a few frames
+    away, so telling them apart takes the mouth (and the face tower, by far the
+    costlier one, runs once for all of a face's pairs). Validation uses several
+    negatives per face: a held-out split of a short clip has only ~100 faces,
+    and one pair each would make the accuracy swing by +-0.05 from the draw
+    alone. Subclasses say what a face and an audio window are.
     """
 
-    def __init__(self, data, frames, seed, audio_shape, min_offset: int, jitter: float = 0.0,
-                 negatives: int = 1):  # fmt: skip
+    def __init__(self, data, frames, seed, min_offset: int, negatives: int = 1):
         super().__init__(data, frames, seed)
         if negatives < 1:
-            raise ValueError("a SyncNet sample needs at least one off-sync window")
-        self.audio_shape, self.min_offset, self.jitter = audio_shape, min_offset, jitter
-        self.negatives = negatives
+            raise ValueError("a sync sample needs at least one off-sync window")
+        self.min_offset, self.negatives = min_offset, negatives
+
+    def face(self, frame: int, rng: np.random.Generator) -> np.ndarray:
+        raise NotImplementedError
+
+    def audio(self, frame: int) -> np.ndarray:
+        raise NotImplementedError
 
     def __getitem__(self, index: int):
         rng = self.rng(index)
         frame = int(self.frames[index])
         others = [off_sync_frame(rng, self.frames, frame, self.min_offset)
                   for _ in range(self.negatives)]  # fmt: skip
-        (crop,) = colour_jitter(rng, self.jitter, self.data.crop(frame))
         return (
-            torch.from_numpy(crop),
-            torch.from_numpy(self.data.audio(frame, self.audio_shape)),
-            torch.from_numpy(np.stack([self.data.audio(o, self.audio_shape) for o in others])),
+            torch.from_numpy(self.face(frame, rng)),
+            torch.from_numpy(self.audio(frame)),
+            torch.from_numpy(np.stack([self.audio(o) for o in others])),
         )
+
+
+class SyncSamples(SyncPairs):
+    """The SyncNet's pairs: the model-size crop (colour-jittered) and AVE feature windows."""
+
+    def __init__(self, data, frames, seed, audio_shape, min_offset: int, jitter: float = 0.0,
+                 negatives: int = 1):  # fmt: skip
+        super().__init__(data, frames, seed, min_offset, negatives)
+        self.audio_shape, self.jitter = audio_shape, jitter
+
+    def face(self, frame: int, rng: np.random.Generator) -> np.ndarray:
+        return colour_jitter(rng, self.jitter, self.data.crop(frame))[0]
+
+    def audio(self, frame: int) -> np.ndarray:
+        return self.data.audio(frame, self.audio_shape)
 
 
 class ResumableSampler(Sampler[int]):
