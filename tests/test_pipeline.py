@@ -112,7 +112,7 @@ def test_tiny_training_learns_and_registers_version_1(prepared):
     assert l1[0] > 0 and min(l1) < 0.7 * l1[0]  # clearly better than at step 0
     artifacts = {a.path for a in client.list_artifacts(unet_run.info.run_id)}
     assert {"validation_grid.png", "unet_curves.png"} <= artifacts
-    assert unet_run.data.params["preset.unet.sync_weight"] == "0.1"
+    assert unet_run.data.params["preset.unet.sync_weight"] == "0.01"
     assert unet_run.data.tags["git_commit"] and unet_run.data.tags["inputs_md5"]
     versions = client.search_model_versions("name='avatar-lieu'")
     assert [str(v.version) for v in versions] == ["1"]
