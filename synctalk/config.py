@@ -165,7 +165,7 @@ class AveEncoderParams:
     """Training the AVE AudioEncoder when the official weights are not provided."""
 
     official_weights: str = "models/ave/audio_visual_encoder.pth"
-    steps: int = 400  # the best validation step is kept; it overfits after a few hundred
+    steps: int = 400  # rounded up to whole validation rounds; the best one is kept
     batch_size: int = 32
     learning_rate: float = 5e-4
     min_offset_frames: int = 6  # negatives: audio at least this far from the frame

@@ -120,6 +120,7 @@ class MelSyncSamples(SyncPairs):
 class AudioEncoderTask:
     name = "ave_encoder"
     monitor = "loss"
+    cpu_channels_last = False
 
     def __init__(self, data: LowerFaces, params: AveEncoderParams):
         n = min(len(data.faces), len(data.mels))

@@ -36,6 +36,7 @@ def train_settings(training: Training) -> TrainSettings:
 class SyncNetTask:
     name = "syncnet"
     monitor = "loss"
+    cpu_channels_last = False  # slower on the CPU: tiny train step 0.63 -> 0.73 s
 
     def __init__(self, data: AvatarFrames, preset: ModelPreset, training: SyncNetTraining):
         seed_everything(training.seed)  # the initial weights too are seeded
@@ -89,6 +90,9 @@ def _weighted_bce(p: torch.Tensor, label: torch.Tensor, weight: torch.Tensor) ->
 class UNetTask:
     name = "unet"
     monitor = "l1"
+    # Its depthwise convolutions run faster so on the CPU too: a tiny train
+    # step (batch 8) takes 1.05 s instead of 1.40 s on 2 AVX-512 cores.
+    cpu_channels_last = True
 
     def __init__(
         self,

@@ -3,7 +3,8 @@
 What it guarantees, whatever the task:
 - seeded: the same seed and data give the same losses (on the CPU);
 - the device comes from config; on CUDA it trains with AMP (float16 autocast
-  + grad scaling) and channels_last;
+  + grad scaling) and channels_last; on the CPU channels_last only where the
+  task says its model is faster so;
 - gradients are zeroed every step (SyncTalk_2D's SyncNet trainer forgot to);
 - learning rate: linear warm-up, then cosine decay to 5% over all steps;
 - validation before training (step 0) and after every epoch; the best model
@@ -57,6 +58,7 @@ class Task(Protocol):
     name: str
     model: nn.Module
     monitor: str  # validation metric to minimise for the best checkpoint
+    cpu_channels_last: bool  # channels_last on the CPU too (measured faster for this model)
     train_set: EpochDataset
     val_set: EpochDataset
 
@@ -111,10 +113,11 @@ class Trainer:
         self.fingerprint = fingerprint  # what the inputs were; a resume needs the same
         self.on_metrics = on_metrics or (lambda metrics, step: None)
         self.cuda = device.type == "cuda"
+        self.channels_last = self.cuda or task.cpu_channels_last
 
         seed_everything(settings.seed)
         self.model = task.model.to(device)
-        if self.cuda:
+        if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimiser = torch.optim.AdamW(
             [p for p in self.model.parameters() if p.requires_grad],
@@ -199,7 +202,7 @@ class Trainer:
         out = []
         for t in batch:
             t = t.to(self.device, non_blocking=True)
-            if self.cuda and t.dim() == 4:
+            if self.channels_last and t.dim() == 4:
                 t = t.contiguous(memory_format=torch.channels_last)
             out.append(t)
         return tuple(out)
