@@ -54,7 +54,7 @@ def prepare(video: Path, root: Path, crop_size: int) -> None:
         paths.video, result.frames, paths.landmarks, paths.crops, crop_size, LandmarkParams()
     )
     torch.manual_seed(0)
-    save_encoder(AudioEncoder(), paths.ave_encoder)
+    save_encoder(AudioEncoder(), paths.audio_encoder)
 
 
 def render_child(job: dict, results: mp.Queue) -> None:
@@ -67,7 +67,7 @@ def render_child(job: dict, results: mp.Queue) -> None:
     import torch
 
     from synctalk.config import RenderParams, resolution
-    from synctalk.features.ave import load_encoder
+    from synctalk.features.frontend import load_front_end
     from synctalk.models import build_unet
     from synctalk.paths import AvatarPaths
     from synctalk.render.avatar import prepare_render_avatar
@@ -86,7 +86,7 @@ def render_child(job: dict, results: mp.Queue) -> None:
     unet = build_unet(job["preset"], mobile=job["mobile"]).eval()
     params = RenderParams(runtime=job["runtime"])
     model = load_runtime(unet, params, "cpu", root / "onnx")
-    encoder = load_encoder(paths.ave_encoder)
+    front_end = load_front_end(paths.audio_encoder)
 
     unet_ms = unet_cpu_ms = float("nan")
     if isinstance(model, OnnxUNet):
@@ -116,7 +116,7 @@ def render_child(job: dict, results: mp.Queue) -> None:
     out = root / f"out-{job['preset']}.mp4"
     watch = _ChildPeak()
     try:
-        result = render_video(avatar, model, encoder, job["audio"], out, params, "cpu")
+        result = render_video(avatar, model, front_end, job["audio"], out, params, "cpu")
     finally:
         watch.stop()
     self_cpu = _cpu(resource.RUSAGE_SELF) - self0

@@ -5,7 +5,7 @@
 No input and no downloads: the avatar is a public-domain portrait shipped by
 scikit-image, animated to speak sentences synthesised by eSpeak NG. It goes
 through the real pipeline with the `tiny` preset: `dvc repro evaluate@demo`
-(extract, landmarks, AVE encoder, SyncNet, U-Net, evaluation), then the
+(extract, landmarks, audio features, SyncNet, U-Net, evaluation), then the
 `render` flow renders two new sentences from data/inbox (the nightly batch's
 default folder). Finally it measures whether the rendered mouth follows the
 audio: the correlation between the mouth opening (face landmarks of the
@@ -40,7 +40,7 @@ def _untrained_render(audio: Path, out: Path) -> Path:
     import torch
 
     from synctalk.device import resolve_device
-    from synctalk.features.ave import load_encoder
+    from synctalk.features.frontend import load_front_end
     from synctalk.models import build_unet
     from synctalk.render.avatar import prepare_render_avatar
     from synctalk.render.engine import load_runtime, render_video
@@ -48,14 +48,14 @@ def _untrained_render(audio: Path, out: Path) -> Path:
     config = load_config(ROOT / "params.yaml")
     preset = config.preset_of(AVATAR)
     torch.manual_seed(0)
-    unet = build_unet(preset.resolution, preset.audio_mode, preset.mobile).eval()
+    unet = build_unet(preset.resolution, preset.audio_mode, preset.mobile, preset.input_mask).eval()
     paths = AvatarPaths(AVATAR, ROOT)
     device = resolve_device("cpu")
     with tempfile.TemporaryDirectory() as tmp:
         avatar = prepare_render_avatar(paths, unet.spec.geometry, ROOT / "data" / "cache")
         runtime = load_runtime(unet, config.render, device, Path(tmp))
-        encoder = load_encoder(paths.ave_encoder)
-        render_video(avatar, runtime, encoder, audio, out, config.render, device)
+        front_end = load_front_end(paths.audio_encoder)
+        render_video(avatar, runtime, front_end, audio, out, config.render, device)
         avatar.close()
     return out
 

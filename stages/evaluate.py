@@ -34,7 +34,7 @@ def evaluate(name: str, config: Config, paths: AvatarPaths) -> None:
         result = evaluate_avatar(
             paths, preset, load_unet(paths.unet, device=device),
             load_syncnet(paths.syncnet, audio_mode=preset.audio_mode, device=device),
-            config.landmarks, config.render.feather, device,
+            config.landmarks, config.render, device,
         )  # fmt: skip
         metrics = {k: round(float(v), 6) for k, v in result.metrics.items()}
         write_json(out / "metrics.json", {**metrics, "model_version": int(version)})

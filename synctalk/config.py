@@ -64,8 +64,16 @@ class Resolution:
 
     @property
     def mouth_mask(self) -> tuple[int, int, int, int]:
-        """(x0, y0, x1, y1), end-exclusive, of the rectangle blacked out in the input."""
+        """(x0, y0, x1, y1), end-exclusive: SyncTalk_2D's rectangle blacked out in the input."""
         return (5, 5, self.size - 5, self.size - 10)
+
+    def input_mask(self, kind: str) -> tuple[int, int, int, int]:
+        """The rectangle blacked out in the U-Net's input, per `InputMask` kind."""
+        if kind == "mouth":
+            return self.mouth_mask
+        if kind == "jaw":
+            return (5, 5, self.size - 5, self.size)
+        raise ConfigError(f"unknown input mask {kind!r}; expected one of {INPUT_MASKS}")
 
 
 RESOLUTIONS: dict[str, Resolution] = {
@@ -73,8 +81,19 @@ RESOLUTIONS: dict[str, Resolution] = {
     "328": Resolution(name="328", size=320, unet_depth=5, unet_head_width=16),
 }
 
-AudioMode = Literal["ave", "hubert", "wenet"]
+# ave, hubert, wenet: SyncTalk_2D's front-ends (its checkpoints load); whisper: ours, the
+# Whisper tiny.en encoder, which carries over to voices the avatar never heard.
+AudioMode = Literal["ave", "hubert", "wenet", "whisper"]
 AUDIO_MODES: tuple[str, ...] = typing.get_args(AudioMode)
+
+# What of the current frame the U-Net is not shown. "mouth": SyncTalk_2D's
+# rectangle, which leaves a strip of chin and neck visible along the bottom
+# edge; the jaw's position there tells the model how open the mouth is, so
+# it learns to copy the footage's mouth instead of following the audio (at
+# render time that strip comes from the background frame). "jaw": down to the
+# bottom edge, so only the audio can say how open the mouth is.
+InputMask = Literal["mouth", "jaw"]
+INPUT_MASKS: tuple[str, ...] = typing.get_args(InputMask)
 
 
 def resolution(name: str | int) -> Resolution:
@@ -129,8 +148,9 @@ class ModelPreset:
     """What a named preset in params.yaml (e.g. `tiny`) fixes about the models."""
 
     resolution: Literal["160", "328"] = "328"
-    audio_mode: AudioMode = "ave"
+    audio_mode: AudioMode = "whisper"
     mobile: bool = False  # half channel widths: faster, slightly lower quality
+    input_mask: InputMask = "jaw"
     syncnet: SyncNetTraining = field(default_factory=SyncNetTraining)
     unet: UNetTraining = field(default_factory=UNetTraining)
 
@@ -182,7 +202,8 @@ class RenderParams:
     crf: int = 18  # x264 quality of rendered videos (lower is better, 18 ~ visually lossless)
     x264_preset: str = "veryfast"
     same_start_end: bool = False  # end the background loop on the frame it started on
-    feather: float = 0.08  # fraction of the crop side blended softly at the crop border
+    feather: float = 0.08  # fraction of the crop side blended softly at the paste's edge
+    paste_region: Literal["box", "lower_face"] = "lower_face"  # what of the prediction is pasted
     batch_size: int = 16  # frames per model call on a GPU (the CPU runs one at a time)
     runtime: Literal["auto", "onnx", "torch"] = "auto"  # auto: torch on GPU, onnxruntime on CPU
     queue_frames: int = 32  # bound on frames in flight between decode, model and encode

@@ -41,10 +41,9 @@ LANDMARKS_SCHEMA = pa.schema(
     ]
 )
 
-AVE_SCHEMA = pa.schema(
+FEATURES_SCHEMA = pa.schema(
     [
         pa.field("frame", pa.int32(), nullable=False),
-        pa.field("mel_start", pa.int32(), nullable=False),  # first of the 16 mel rows encoded
         pa.field("hash", pa.string(), nullable=False),  # blake2b-64 of the float32 feature
     ]
 )

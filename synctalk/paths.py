@@ -50,16 +50,18 @@ class AvatarPaths:
 
     # audio features
     @property
-    def ave_encoder(self) -> Path:
-        return self.models / "ave_encoder.pth"
+    def audio_encoder(self) -> Path:
+        """The avatar's audio front-end (synctalk.features.frontend)."""
+        return self.models / "audio_encoder.pth"
 
     @property
-    def ave(self) -> Path:
-        return self.work / "ave.npy"
+    def features(self) -> Path:
+        """float32 [N, D]: one audio feature vector per video frame."""
+        return self.work / "features.npy"
 
     @property
-    def ave_manifest(self) -> Path:
-        return self.work / "ave.parquet"
+    def features_manifest(self) -> Path:
+        return self.work / "features.parquet"
 
     # training
     @property

@@ -1,8 +1,8 @@
 """The MLflow model registry: one registered model per avatar, `avatar-<name>`.
 
 Each U-Net training registers a new version holding everything rendering
-needs: the U-Net checkpoint (original layout + sidecar), the avatar's AVE
-audio encoder (new audio must be encoded the way the training audio was),
+needs: the U-Net checkpoint (original layout + sidecar), the avatar's audio
+front-end (new audio must be encoded the way the training audio was),
 its SyncNet (for sync scores) and the resolved preset. It is an MLflow
 pyfunc model, so `mlflow.pyfunc.load_model("models:/avatar-bob@champion")`
 works too, but the pipeline reads the files directly with `fetch_model`.
@@ -21,14 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from synctalk.models.checkpoint import file_sha256
+from synctalk.hashing import file_sha256
 from synctalk.tracking import apply_offline_env
 
 log = logging.getLogger(__name__)
 
 CHAMPION, CANDIDATE = "champion", "candidate"
 # File names inside a registered version's artifacts/ folder.
-ARTIFACT_FILES = ("unet.pth", "unet.pth.json", "ave_encoder.pth", "syncnet.pth", "config.json")
+ARTIFACT_FILES = ("unet.pth", "unet.pth.json", "audio_encoder.pth", "syncnet.pth", "config.json")
 
 
 class ModelNotFoundError(LookupError):
@@ -69,7 +69,12 @@ def _python_model():
 
 
 def register_avatar_model(
-    avatar: str, unet: Path, ave_encoder: Path, syncnet: Path, config: dict[str, Any], workdir: Path
+    avatar: str,
+    unet: Path,
+    audio_encoder: Path,
+    syncnet: Path,
+    config: dict[str, Any],
+    workdir: Path,
 ) -> str:
     """Log the model into the active run and register it; returns the new version."""
     import mlflow.pyfunc
@@ -86,7 +91,7 @@ def register_avatar_model(
         artifacts={
             "unet": str(unet),
             "unet_meta": str(meta),
-            "ave_encoder": str(ave_encoder),
+            "audio_encoder": str(audio_encoder),
             "syncnet": str(syncnet),
             "config": str(config_path),
         },
@@ -116,7 +121,7 @@ class ModelFiles:
     version: str
     aliases: tuple[str, ...]
     unet: Path
-    ave_encoder: Path
+    audio_encoder: Path
     syncnet: Path
     config: dict[str, Any]
     run_id: str
@@ -174,7 +179,7 @@ def fetch_model(avatar: str, alias_or_version: str | None, cache_root: Path) -> 
         version=str(version.version),
         aliases=tuple(getattr(version, "aliases", ()) or ()),
         unet=folder / "unet.pth",
-        ave_encoder=folder / "ave_encoder.pth",
+        audio_encoder=folder / "audio_encoder.pth",
         syncnet=folder / "syncnet.pth",
         config=json.loads((folder / "config.json").read_text()),
         run_id=version.run_id,

@@ -50,7 +50,7 @@ def test_parameter_counts_quoted_in_design():
 
 
 @pytest.mark.parametrize("preset", ["160", "328"])
-@pytest.mark.parametrize("mode", ["ave", "hubert", "wenet"])
+@pytest.mark.parametrize("mode", ["ave", "hubert", "wenet", "whisper"])
 def test_unet_forward_shape_and_range(preset, mode):
     torch.manual_seed(0)
     model = build_unet(preset, mode).eval()
@@ -80,7 +80,7 @@ def test_mobile_unet_is_smaller_and_runs(preset):
 
 
 @pytest.mark.parametrize("preset", ["160", "328"])
-@pytest.mark.parametrize("mode", ["ave", "hubert", "wenet"])
+@pytest.mark.parametrize("mode", ["ave", "hubert", "wenet", "whisper"])
 def test_syncnet_gives_unit_vectors(preset, mode):
     model = build_syncnet(preset, mode).eval()
     size = 160 if preset == "160" else 320
@@ -91,6 +91,8 @@ def test_syncnet_gives_unit_vectors(preset, mode):
     torch.testing.assert_close(f.norm(dim=1), torch.ones(2))
     p = sync_probability(a, f)
     assert ((p > 0) & (p < 1)).all()
+    if mode == "whisper":  # ends in a ReLU, as the face tower ends in an activation
+        assert (a >= 0).all()
 
 
 def test_audio_encoder_output():
@@ -112,3 +114,11 @@ def test_unet_input_masks_exactly_the_mouth_rectangle():
     assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == spec.geometry.mouth_mask
     assert zero.sum() == (155 - 5) * (150 - 5)
     assert torch.equal(cur, torch.ones(1, 3, 160, 160))  # input not modified
+
+
+def test_jaw_mask_hides_the_chin_strip_the_mouth_mask_shows():
+    mouth, jaw = build_unet("160").spec, build_unet("160", input_mask="jaw").spec
+    assert mouth.masked_box == (5, 5, 155, 150)  # SyncTalk_2D's
+    assert jaw.masked_box == (5, 5, 155, 160)
+    x = make_unet_input(torch.zeros(1, 3, 160, 160), torch.ones(1, 3, 160, 160), jaw)
+    assert (x[0, 3:, 150:, 5:155] == 0).all()

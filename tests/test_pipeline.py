@@ -15,7 +15,7 @@ from synctalk.config import load_config
 from synctalk.face.crop import crop_jitter
 from synctalk.face.landmarks import ANCHOR_NAMES
 from synctalk.manifest import (
-    AVE_SCHEMA,
+    FEATURES_SCHEMA,
     FRAMES_SCHEMA,
     LANDMARKS_SCHEMA,
     fixed_list_to_numpy,
@@ -50,7 +50,7 @@ def test_repro_runs_every_preparation_stage(prepared):
     if first is None:
         pytest.skip("reusing a project")
     assert stages_run(first.stdout) == [
-        "extract@lieu", "landmarks@lieu", "ave_encoder@lieu", "ave@lieu", "syncnet@lieu",
+        "extract@lieu", "landmarks@lieu", "audio_encoder@lieu", "features@lieu", "syncnet@lieu",
         "unet@lieu", "evaluate@lieu",
     ]  # fmt: skip
     work = root / "data" / "work" / "lieu"
@@ -69,14 +69,16 @@ def test_repro_runs_every_preparation_stage(prepared):
     crops = np.load(work / "crops.npy", mmap_mode="r")
     assert crops.shape == (frames.num_rows, 168, 168, 3) and crops.dtype == np.uint8
 
-    features = np.load(work / "ave.npy")
-    ave, ave_meta = read_manifest(work / "ave.parquet", AVE_SCHEMA)
-    assert features.shape[1] == 512 and ave.num_rows == len(features)
+    # the tiny preset's front-end: Whisper tiny, two 384-vectors per video frame
+    features = np.load(work / "features.npy")
+    rows, features_meta = read_manifest(work / "features.parquet", FEATURES_SCHEMA)
+    assert features.shape[1] == 768 and rows.num_rows == len(features)
     assert abs(len(features) - frames.num_rows) <= 4
-    encoder = root / "data" / "models" / "lieu" / "ave_encoder.pth"
-    from synctalk.models.checkpoint import file_sha256
+    encoder = root / "data" / "models" / "lieu" / "audio_encoder.pth"
+    from synctalk.hashing import file_sha256
 
-    assert ave_meta["encoder_sha256"] == file_sha256(encoder)
+    assert features_meta["audio_mode"] == "whisper"
+    assert features_meta["encoder_sha256"] == file_sha256(encoder)
 
 
 def _runs(root):
@@ -186,10 +188,10 @@ def test_mlflow_has_a_run_per_stage(prepared):
     experiment = client.get_experiment_by_name("avatar-lieu")
     runs = client.search_runs([experiment.experiment_id])
     by_stage = {r.data.tags["stage"]: r for r in runs}
-    assert set(by_stage) >= {"extract", "landmarks", "ave_encoder", "ave"}
+    assert set(by_stage) >= {"extract", "landmarks", "audio_encoder", "features"}
     lm = by_stage["landmarks"].data.metrics
     assert lm["detection_rate"] >= 0.98 and lm["crop_jitter_max"] < 0.02 and lm["frames_per_s"] > 0
-    assert by_stage["ave_encoder"].data.tags["encoder_source"] == "trained"
+    assert by_stage["audio_encoder"].data.tags["encoder_source"] == "whisper"
 
 
 def test_killed_unet_stage_resumes_from_its_last_checkpoint(prepared):
@@ -354,7 +356,7 @@ def test_changing_landmark_params_reruns_only_landmarks_and_after(prepared):
     assert ran == ["landmarks@lieu"]
     # now every stage that reads the new crops is stale, and nothing upstream is
     stale = set(json.loads(run(root, "dvc", "status", "--json").stdout))
-    assert {"ave_encoder@lieu", "syncnet@lieu", "unet@lieu", "evaluate@lieu"} <= stale
+    assert {"syncnet@lieu", "unet@lieu", "evaluate@lieu"} <= stale
     assert not stale & {"extract@lieu", "landmarks@lieu"}
 
 

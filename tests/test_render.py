@@ -151,7 +151,8 @@ def test_alpha_masks():
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     from synctalk.face.prepare import prepare_landmarks
-    from synctalk.features.ave import load_encoder, save_encoder
+    from synctalk.features.ave import save_encoder
+    from synctalk.features.frontend import load_front_end
     from synctalk.media.extract import extract_avatar
 
     video = shared_path("data", "videos", "may_5s.mp4")
@@ -167,10 +168,10 @@ def prepared(tmp_path_factory):
         LandmarkParams(),
     )
     torch.manual_seed(0)
-    save_encoder(AudioEncoder(), paths.ave_encoder)
+    save_encoder(AudioEncoder(), paths.audio_encoder)
     torch.manual_seed(0)
     unet = build_unet("160", mobile=True).eval()
-    return root, paths, load_encoder(paths.ave_encoder), unet
+    return root, paths, load_front_end(paths.audio_encoder), unet
 
 
 @pytest.fixture(scope="module")
@@ -409,7 +410,7 @@ class _FailingModel(OnnxUNet):
     """Fails on its 10th frame, as a model might run out of memory mid-render."""
 
     def __init__(self, inner: OnnxUNet):
-        self.session, self.calls = inner.session, 0
+        self.session, self.spec, self.calls = inner.session, inner.spec, 0
 
     def __call__(self, image, audio):
         self.calls += 1

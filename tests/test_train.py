@@ -11,6 +11,7 @@ import torch
 from synctalk.config import ModelPreset, SyncNetTraining, UNetTraining, resolution
 from synctalk.models import build_unet
 from synctalk.models.checkpoint import load_unet
+from synctalk.models.unet import UNetSpec
 from synctalk.train.data import AvatarFrames, ResumableSampler, UNetSamples, colour_jitter
 from synctalk.train.losses import MissingWeightsError
 from synctalk.train.tasks import VALIDATION_NEGATIVES, SyncNetTask, UNetTask, train_settings
@@ -44,15 +45,19 @@ def test_time_split_holds_out_the_last_tenth():
     assert train.max() < val.min() and len(val) == 10 and len(train) + len(val) == 100
 
 
-def test_unet_samples_follow_the_method():
+@pytest.mark.parametrize("input_mask", ["mouth", "jaw"])
+def test_unet_samples_follow_the_method(input_mask):
     data = synthetic_avatar()
-    samples = UNetSamples(data, np.arange(50), seed=0, audio_shape=(32, 16, 16))
+    spec = UNetSpec("160", "ave", input_mask=input_mask)
+    samples = UNetSamples(data, np.arange(50), seed=0, spec=spec)
     image, audio, target = samples[3]
     assert image.shape == (6, 160, 160) and target.shape == (3, 160, 160)
     assert audio.shape == (32, 16, 16)
-    x0, y0, x1, y1 = data.geometry.mouth_mask
+    x0, y0, x1, y1 = spec.masked_box
     assert (image[3:, y0:y1, x0:x1] == 0).all()  # the mouth is masked in the input...
     assert torch.equal(image[3:, :y0], target[:, :y0])  # ...the rest is the current crop
+    assert torch.equal(image[3:, y1:], target[:, y1:])
+    assert (y1 == 160) == (input_mask == "jaw")  # "jaw" hides the chin strip too
     # the same (seed, epoch, index) gives the same sample; another epoch may not
     assert torch.equal(samples[3][0], image)
     references = set()

@@ -146,6 +146,51 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean([_ssim_map(x[..., c], y[..., c]).mean() for c in range(a.shape[2])]))
 
 
+def ciede2000(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Mean CIEDE2000 colour difference of two BGR uint8 images over `mask` ([H, W] bool).
+
+    About 1 is the smallest difference a person can see side by side, above
+    3 a cast is visible at a glance: the measure for a tinted mouth or skin.
+    """
+    from skimage.color import deltaE_ciede2000, rgb2lab
+
+    a, b = _same_shape(a, b)
+    lab_a = rgb2lab(a[..., ::-1].astype(np.float64) / 255.0)
+    lab_b = rgb2lab(b[..., ::-1].astype(np.float64) / 255.0)
+    delta = deltaE_ciede2000(lab_a, lab_b)
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if not mask.any():
+            raise ValueError("mask selects no pixels")
+        delta = delta[mask]
+    return float(delta.mean())
+
+
+def gradient_energy(image: np.ndarray, mask: np.ndarray) -> float:
+    """Mean squared luminance gradient (Sobel) of a BGR uint8 image over `mask` [H, W]."""
+    grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    gx = cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3)
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        raise ValueError("mask selects no pixels")
+    return float((gx * gx + gy * gy)[mask].mean())
+
+
+def seam_band(alpha: np.ndarray, width: int = 2) -> np.ndarray:
+    """bool [H, W]: where a paste's alpha passes from the frame to the prediction.
+
+    The pixels whose alpha is strictly between 0 and 1, widened by `width`
+    pixels on each side, so a hard-edged paste (alpha 0 or 1 only) still has
+    a band along its edge.
+    """
+    alpha = np.asarray(alpha, dtype=np.float32)
+    inside = (alpha > 0.02).astype(np.uint8)
+    core = (alpha >= 0.98).astype(np.uint8)
+    kernel = np.ones((2 * width + 1, 2 * width + 1), np.uint8)
+    return (cv2.dilate(inside, kernel) > 0) & ~(cv2.erode(core, kernel) > 0)
+
+
 # --------------------------------------------------------------------------
 # landmarks
 

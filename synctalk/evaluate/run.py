@@ -22,8 +22,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from synctalk.config import LandmarkParams, ModelPreset
-from synctalk.evaluate.metrics import MEDIAPIPE_MOUTH, mouth_landmark_distance, psnr, ssim
+from synctalk.config import LandmarkParams, ModelPreset, RenderParams
+from synctalk.evaluate.metrics import (
+    MEDIAPIPE_MOUTH,
+    ciede2000,
+    gradient_energy,
+    mouth_landmark_distance,
+    psnr,
+    seam_band,
+    ssim,
+)
 from synctalk.evaluate.sync import SyncScore, sync_score
 from synctalk.face.prepare import open_backend
 from synctalk.manifest import LANDMARKS_SCHEMA, fixed_list_to_numpy, read_manifest
@@ -87,17 +95,49 @@ def _mouth_lmd(rendered, real, backend, indices) -> float:
     return float(np.mean(distances)) if distances else float("nan")
 
 
+def paste_quality(
+    rendered: list[np.ndarray], real: list[np.ndarray], boxes: np.ndarray, compositor: Compositor
+) -> dict[str, float]:
+    """How the pasted frames look next to the real ones, where a viewer looks.
+
+    face_ssim / face_psnr: over the crop box (the lower face, nose to chin);
+    colour_de2000: mean CIEDE2000 where the paste takes most of its pixels from
+    the model (alpha > 0.5), a colour cast reads above ~3; seam_ratio:
+    gradient energy along the paste's edge over the real frame's at the same
+    place, 1 when the edge is invisible.
+    """
+    ssims, psnrs, colours, seam, seam_real = [], [], [], [], []
+    for fake, true, box in zip(rendered, real, boxes, strict=True):
+        x0, y0, side = (int(v) for v in box)
+        ya, yb = max(0, y0), min(true.shape[0], y0 + side)
+        xa, xb = max(0, x0), min(true.shape[1], x0 + side)
+        ssims.append(ssim(fake[ya:yb, xa:xb], true[ya:yb, xa:xb]))
+        psnrs.append(psnr(fake[ya:yb, xa:xb], true[ya:yb, xa:xb]))
+        alpha = compositor.alpha_in_frame(box)
+        colours.append(ciede2000(fake, true, alpha > 0.5))
+        band = seam_band(alpha)
+        seam.append(gradient_energy(fake, band))
+        seam_real.append(gradient_energy(true, band))
+    finite = [p for p in psnrs if np.isfinite(p)]
+    return {
+        "face_ssim": float(np.mean(ssims)),
+        "face_psnr": float(np.mean(finite)) if finite else float("inf"),
+        "colour_de2000": float(np.mean(colours)),
+        "seam_ratio": float(np.sum(seam) / max(np.sum(seam_real), 1e-9)),
+    }
+
+
 def evaluate_avatar(
     paths: AvatarPaths,
     preset: ModelPreset,
     unet: UNet,
     syncnet: SyncNet,
     landmarks: LandmarkParams,
-    feather: float,
+    render: RenderParams,
     device: torch.device,
 ) -> Evaluation:
     geometry = preset.geometry
-    data = AvatarFrames.load(paths.crops, paths.ave, geometry)
+    data = AvatarFrames.load(paths.crops, paths.features, geometry)
     _, frames = data.split()
     prediction = _predict(unet, data, frames, device)
     real = np.stack([data.crop(i) for i in frames])
@@ -113,9 +153,12 @@ def evaluate_avatar(
     rendered = []
     for k, frame in enumerate(originals):
         if compositor is None:
-            compositor = Compositor(geometry, frame.shape[:2], feather=feather)
+            compositor = Compositor(
+                geometry, frame.shape[:2], feather=render.feather, region=render.paste_region
+            )
         i = int(frames[k])
         rendered.append(compositor.paste(frame.copy(), data.crops[i].copy(), pred8[k], boxes[i]))
+    pasted = paste_quality(rendered, originals, boxes[frames], compositor)
     backend = open_backend(landmarks)
     try:
         indices = MEDIAPIPE_MOUTH if backend.name == "mediapipe" else WFLW_MOUTH
@@ -132,6 +175,7 @@ def evaluate_avatar(
         "psnr": float(np.mean(frame_psnr[np.isfinite(frame_psnr)])),
         "ssim": ssim(pred8, real8),
         "lmd": lmd,
+        **pasted,
         **sync.as_metrics(),
         "lse_d_real": sync_real.min_distance,
         "lse_c_real": sync_real.confidence,

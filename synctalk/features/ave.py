@@ -15,21 +15,14 @@ import numpy as np
 import torch
 
 from synctalk.device import resolve_device
-from synctalk.manifest import AVE_SCHEMA, content_hash, write_manifest
 from synctalk.media.audio import (
     MEL_WINDOW,
-    load_audio,
     mel_window_start,
     melspectrogram,
     video_frame_count,
 )
 from synctalk.models.audio_encoder import EMBEDDING_DIM, AudioEncoder
-from synctalk.models.checkpoint import (
-    atomic_save_npy,
-    atomic_torch_save,
-    file_sha256,
-    read_state_dict,
-)
+from synctalk.models.checkpoint import atomic_torch_save, read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -75,32 +68,3 @@ def encode_frames(wav: np.ndarray, encoder: AudioEncoder, batch_size: int = 256)
         out[i : i + len(batch)] = encoder(batch).float().cpu().numpy()
     encoder.train(was_training)
     return out
-
-
-def write_avatar_features(
-    audio: Path, encoder_path: Path, features_out: Path, manifest_out: Path,
-    batch_size: int = 256, device: str | torch.device = "cpu",
-) -> np.ndarray:  # fmt: skip
-    """Per-frame AVE features of an avatar's audio: ave.npy plus its manifest.
-
-    The manifest's metadata records the encoder file's sha256, so features
-    are traceable to the exact weights that made them.
-    """
-    wav = load_audio(audio)
-    encoder = load_encoder(encoder_path, device=device)
-    features = encode_frames(wav, encoder, batch_size=batch_size)
-    n_mel = melspectrogram(wav).shape[0]
-    write_manifest(
-        manifest_out,
-        {
-            "frame": np.arange(len(features), dtype=np.int32),
-            "mel_start": np.array([mel_window_start(i, n_mel) for i in range(len(features))],
-                                  dtype=np.int32),
-            "hash": [content_hash(row) for row in features],
-        },
-        AVE_SCHEMA,
-        meta={"encoder": str(encoder_path), "encoder_sha256": file_sha256(encoder_path),
-              "audio": str(audio), "shape": list(features.shape)},
-    )  # fmt: skip
-    atomic_save_npy(features, features_out)
-    return features

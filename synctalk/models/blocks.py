@@ -125,3 +125,29 @@ class ConvBN(nn.Module):
         if self.residual:
             out = out + x
         return self.act(out)
+
+
+class SequenceEncoder(nn.Module):
+    """A window of per-frame feature vectors [B, frames, dim] -> one vector [B, out].
+
+    The audio tower of the models that take Whisper features: each frame is
+    normalised and projected, two temporal convolutions look across the
+    window, and a linear layer reads the whole window out.
+    """
+
+    def __init__(self, dim: int, frames: int, out: int, hidden: int = 256, dropout: float = 0.1):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.project = nn.Linear(dim, hidden)
+        self.dropout = nn.Dropout(dropout)
+        self.temporal = nn.Sequential(
+            nn.Conv1d(hidden, hidden, 3, padding=1),
+            nn.GELU(),
+            nn.Conv1d(hidden, hidden, 3, padding=1),
+            nn.GELU(),
+        )
+        self.readout = nn.Linear(hidden * frames, out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.dropout(self.project(self.norm(x)))
+        return self.readout(self.temporal(x.transpose(1, 2)).flatten(1))

@@ -11,7 +11,6 @@ must be given (ave and hubert differ only in a stride).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 import synctalk
 from synctalk.atomic import atomic_path
 from synctalk.device import resolve_device
+from synctalk.hashing import file_sha256
 from synctalk.models.syncnet import SyncNet, build_syncnet
 from synctalk.models.unet import UNet, UNetSpec
 
@@ -32,14 +32,6 @@ SIDECAR_SUFFIX = ".json"
 def sidecar_path(path: str | Path) -> Path:
     path = Path(path)
     return path.with_name(path.name + SIDECAR_SUFFIX)
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
@@ -100,7 +92,12 @@ def read_metadata(path: str | Path) -> dict[str, Any] | None:
 
 
 def _spec_dict(spec: UNetSpec) -> dict[str, Any]:
-    return {"resolution": spec.resolution, "audio_mode": spec.audio_mode, "mobile": spec.mobile}
+    return {
+        "resolution": spec.resolution,
+        "audio_mode": spec.audio_mode,
+        "mobile": spec.mobile,
+        "input_mask": spec.input_mask,
+    }
 
 
 def infer_unet_spec(state: dict[str, torch.Tensor], audio_mode: str | None = None) -> UNetSpec:
@@ -109,6 +106,8 @@ def infer_unet_spec(state: dict[str, torch.Tensor], audio_mode: str | None = Non
         raise ValueError("not a SyncTalk_2D U-Net state dict")
     res = "328" if any(k.startswith("up5.") for k in state) else "160"
     mobile = state["inc.inconv.0.conv.6.weight"].shape[0] == 16
+    if "audio_model.conv1.conv.0.weight" not in state:
+        raise ValueError("a U-Net of our own audio modes, whose metadata sidecar is missing")
     wenet = state["audio_model.conv1.conv.0.weight"].shape[1] == 256
     if audio_mode is not None and (audio_mode == "wenet") != wenet:
         raise ValueError(f"checkpoint is not a {audio_mode} U-Net")
@@ -131,7 +130,10 @@ def load_unet(
     state = read_state_dict(path)
     meta = read_metadata(path)
     if meta is not None:
-        spec = UNetSpec(meta["resolution"], meta["audio_mode"], meta["mobile"])
+        # files written before input masks existed used SyncTalk_2D's
+        spec = UNetSpec(
+            meta["resolution"], meta["audio_mode"], meta["mobile"], meta.get("input_mask", "mouth")
+        )
     else:
         spec = infer_unet_spec(state, audio_mode)
     model = UNet(spec)

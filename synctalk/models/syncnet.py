@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from synctalk.config import AUDIO_MODES, resolution
-from synctalk.models.blocks import ConvBN
+from synctalk.models.blocks import ConvBN, SequenceEncoder
+from synctalk.models.whisper_encoder import FEATURE_DIM, WINDOW_FRAMES
 
 # The audio tower's input per front-end. The original SyncNet for wenet takes
 # half the U-Net's channels ([128,16,32]); kept so its checkpoints load.
@@ -22,6 +23,7 @@ SYNCNET_AUDIO_SHAPES: dict[str, tuple[int, int, int]] = {
     "ave": (32, 16, 16),
     "hubert": (32, 32, 32),
     "wenet": (128, 16, 32),
+    "whisper": (WINDOW_FRAMES, FEATURE_DIM),  # as the U-Net's
 }
 # Stride of the audio tower's first down-sampling conv, bringing each
 # front-end's window to 16 x 16.
@@ -67,6 +69,14 @@ class SyncNet(nn.Module):
                  _conv(w[512], w[512], 1, 1, 0)]  # fmt: skip
         self.face_encoder = nn.Sequential(*face)
 
+        if audio_mode == "whisper":
+            # One vector the size of the face tower's flattened 512 x 3 x 3 map; as
+            # non-negative as the face tower's (which ends in an activation), so
+            # their cosine similarity is a probability in [0, 1].
+            self.audio_encoder = nn.Sequential(
+                SequenceEncoder(FEATURE_DIM, WINDOW_FRAMES, w[512] * 9), nn.ReLU()
+            )
+            return
         in_ch = SYNCNET_AUDIO_SHAPES[audio_mode][0]
         audio = _stage(in_ch, w[128], 2, stride=1)
         audio += _stage(w[128], w[256], 2, stride=_AUDIO_STRIDE[audio_mode])

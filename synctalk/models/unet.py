@@ -19,7 +19,16 @@ import torch
 from torch import nn
 
 from synctalk.config import AUDIO_MODES, Resolution, resolution
-from synctalk.models.blocks import DoubleConvDW, Down, InConv, InvertedResidual, OutConv, Up
+from synctalk.models.blocks import (
+    DoubleConvDW,
+    Down,
+    InConv,
+    InvertedResidual,
+    OutConv,
+    SequenceEncoder,
+    Up,
+)
+from synctalk.models.whisper_encoder import FEATURE_DIM, WINDOW_FRAMES
 
 FULL_WIDTHS = (32, 64, 128, 256, 512)
 IMAGE_CHANNELS = 6  # reference crop (3) + masked current crop (3)
@@ -29,6 +38,7 @@ UNET_AUDIO_SHAPES: dict[str, tuple[int, int, int]] = {
     "ave": (32, 16, 16),  # 16 frames x 512-d AVE features
     "hubert": (32, 32, 32),
     "wenet": (256, 16, 32),
+    "whisper": (WINDOW_FRAMES, FEATURE_DIM),  # frames i-4..i+4, as they come
 }
 
 
@@ -37,11 +47,17 @@ class UNetSpec:
     resolution: str = "328"
     audio_mode: str = "ave"
     mobile: bool = False
+    input_mask: str = "mouth"  # see synctalk.config.InputMask
 
     def __post_init__(self) -> None:
-        resolution(self.resolution)  # validates
+        resolution(self.resolution).input_mask(self.input_mask)  # validates both
         if self.audio_mode not in AUDIO_MODES:
             raise ValueError(f"unknown audio mode {self.audio_mode!r}; expected {AUDIO_MODES}")
+
+    @property
+    def masked_box(self) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1), end-exclusive: what of the current crop the model is not shown."""
+        return self.geometry.input_mask(self.input_mask)
 
     @property
     def geometry(self) -> Resolution:
@@ -89,6 +105,22 @@ class AudioBranch(nn.Module):
         return self.conv7(self.conv6(x))
 
 
+class SequenceAudioBranch(nn.Module):
+    """Encodes a window of per-frame features [frames, dim] to [widths[4], 1, 1].
+
+    The vector is the same at every cell of the bottleneck grid (the U-Net
+    broadcasts it): what is said does not depend on where in the face one is.
+    """
+
+    def __init__(self, audio_mode: str, widths: tuple[int, ...]):
+        super().__init__()
+        frames, dim = UNET_AUDIO_SHAPES[audio_mode]
+        self.encoder = SequenceEncoder(dim, frames, widths[4])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)[:, :, None, None]
+
+
 class UNet(nn.Module):
     def __init__(self, spec: UNetSpec):
         super().__init__()
@@ -100,7 +132,8 @@ class UNet(nn.Module):
         # repeats the first width for its extra full-resolution level.
         enc = [w[0]] * (depth - 3) + list(w[1:])
 
-        self.audio_model = AudioBranch(spec.audio_mode, w)
+        branch = SequenceAudioBranch if spec.audio_mode == "whisper" else AudioBranch
+        self.audio_model = branch(spec.audio_mode, w)
         self.fuse_conv = nn.Sequential(
             DoubleConvDW(w[4] * 2, w[4], stride=1),
             DoubleConvDW(w[4], w[3], stride=1),
@@ -122,21 +155,25 @@ class UNet(nn.Module):
         skips = [self.inc(x)]
         for i in range(1, self.depth + 1):
             skips.append(getattr(self, f"down{i}")(skips[-1]))
-        x = torch.cat([skips.pop(), self.audio_model(audio)], dim=1)
+        bottleneck = skips.pop()
+        audio = self.audio_model(audio).expand(-1, -1, *bottleneck.shape[-2:])
+        x = torch.cat([bottleneck, audio], dim=1)
         x = self.fuse_conv(x)
         for k in range(1, self.depth + 1):
             x = getattr(self, f"up{k}")(x, skips.pop())
         return torch.sigmoid(self.outc(x))
 
 
-def build_unet(preset: str | int = "328", audio_mode: str = "ave", mobile: bool = False) -> UNet:
+def build_unet(
+    preset: str | int = "328", audio_mode: str = "ave", mobile: bool = False, input_mask="mouth"
+) -> UNet:
     """The U-Net for a resolution preset ("160" or "328") and audio front-end."""
-    return UNet(UNetSpec(resolution=str(preset), audio_mode=audio_mode, mobile=mobile))
+    return UNet(UNetSpec(str(preset), audio_mode, mobile, input_mask))
 
 
 def make_unet_input(reference: torch.Tensor, current: torch.Tensor, spec: UNetSpec) -> torch.Tensor:
-    """[B,6,S,S]: the reference crop, then the current crop with its mouth_mask blacked out."""
-    x0, y0, x1, y1 = spec.geometry.mouth_mask
+    """[B,6,S,S]: the reference crop, then the current crop with its masked box blacked out."""
+    x0, y0, x1, y1 = spec.masked_box
     masked = current.clone()
     masked[..., y0:y1, x0:x1] = 0
     return torch.cat([reference, masked], dim=-3)

@@ -48,9 +48,9 @@ import numpy as np
 import synctalk
 from synctalk.config import Resolution
 from synctalk.face.crop import cut_crop
+from synctalk.hashing import file_sha256
 from synctalk.manifest import LANDMARKS_SCHEMA, fixed_list_to_numpy, read_manifest
 from synctalk.media.video import iter_frames, probe_video
-from synctalk.models.checkpoint import file_sha256
 from synctalk.paths import AvatarPaths
 from synctalk.progress import progress
 

@@ -19,8 +19,9 @@ from pathlib import Path
 
 from synctalk.config import Config
 from synctalk.device import resolve_device
-from synctalk.features.ave import load_encoder
-from synctalk.models.checkpoint import file_sha256, load_unet
+from synctalk.features.frontend import load_front_end
+from synctalk.hashing import file_sha256
+from synctalk.models.checkpoint import load_unet
 from synctalk.paths import AvatarPaths
 from synctalk.registry import ModelFiles, fetch_model, model_name
 from synctalk.render.avatar import prepare_render_avatar
@@ -89,8 +90,8 @@ class AvatarRenderer:
                 avatar = prepare_render_avatar(self.paths, unet.spec.geometry, self.cache)
                 runtime = load_runtime(unet, self.params, self.device, self.cache / "onnx",
                                        checkpoint_sha256=self.weights_sha256)  # fmt: skip
-                encoder = load_encoder(self.model.ave_encoder, device=self.device)
-                self._loaded = (avatar, runtime, encoder)
+                front_end = load_front_end(self.model.audio_encoder, device=self.device)
+                self._loaded = (avatar, runtime, front_end)
                 log.info("rendering %s with %s version %s", self.paths.name,
                          model_name(self.paths.name), self.model.version)  # fmt: skip
             return self._loaded
@@ -102,8 +103,10 @@ class AvatarRenderer:
     def render(self, audio: Path, output: Path) -> FileOutcome:
         started = time.perf_counter()
         try:
-            avatar, runtime, encoder = self._load()
-            result = render_video(avatar, runtime, encoder, audio, output, self.params, self.device)
+            avatar, runtime, front_end = self._load()
+            result = render_video(
+                avatar, runtime, front_end, audio, output, self.params, self.device
+            )
         except Exception as exc:  # one bad file must not stop the batch
             log.error("%s: %s", audio, exc)
             return FileOutcome(audio, output, "failed", str(exc),

@@ -30,24 +30,46 @@ _CACHED_SIDES = 96
 _PRECOMPUTE = 64
 
 
+# The lower face inside a crop box, as an ellipse in box-relative units: the
+# crop's top edge is the nose bridge and its sides the cheeks, so this spans
+# from under the nose to past the chin (with room for the jaw to open) and
+# leaves the nose, the cheeks' outer edges and the neck to the source frame.
+LOWER_FACE_CENTRE = (0.5, 0.62)  # (x, y)
+LOWER_FACE_RADII = (0.40, 0.35)
+PASTE_REGIONS = ("box", "lower_face")
+
+
+def _smoothstep(t: np.ndarray) -> np.ndarray:
+    t = np.clip(t, 0.0, 1.0)
+    return t * t * (3.0 - 2.0 * t)
+
+
 @functools.lru_cache(maxsize=_CACHED_SIDES)
-def feather_alpha(side: int, feather: float) -> tuple[np.ndarray, np.ndarray]:
+def feather_alpha(side: int, feather: float, region: str = "box") -> tuple[np.ndarray, np.ndarray]:
     """(alpha, 1 - alpha) of a side x side box, float32, read-only.
 
-    Separable: the product of two 1-D ramps, each rising with a smoothstep
-    from ~0 at the border to 1 at `feather` x side inside it. Pixel centres
-    are used, so the mask is symmetric and the outermost pixels get a small
-    non-zero weight that shrinks with the ramp's width.
+    region "box": the whole box, its border ramped down over `feather` x side
+    (separable: the product of two 1-D smoothstep ramps). region
+    "lower_face": the ellipse above, its edge ramped over `feather` x side
+    inward. Pixel centres are used, so the mask is symmetric.
     """
     if side < 1:
         raise ValueError(f"box side must be positive, got {side}")
+    if region not in PASTE_REGIONS:
+        raise ValueError(f"paste region must be one of {PASTE_REGIONS}, got {region!r}")
     width = feather * side
-    if width <= 0:
+    centres = np.arange(side, dtype=np.float64) + 0.5
+    if region == "lower_face":
+        (cx, cy), (rx, ry) = LOWER_FACE_CENTRE, LOWER_FACE_RADII
+        u = (centres / side - cx) / rx
+        v = (centres / side - cy) / ry
+        distance = np.sqrt(v[:, None] ** 2 + u[None, :] ** 2)  # 1 on the ellipse
+        ramp = max(feather / min(rx, ry), 1e-6)
+        alpha = _smoothstep((1.0 - distance) / ramp).astype(np.float32)
+    elif width <= 0:
         alpha = np.ones((side, side), dtype=np.float32)
     else:
-        centres = np.arange(side, dtype=np.float64) + 0.5
-        t = np.clip(np.minimum(centres, side - centres) / width, 0.0, 1.0)
-        ramp = t * t * (3.0 - 2.0 * t)
+        ramp = _smoothstep(np.minimum(centres, side - centres) / width)
         alpha = np.outer(ramp, ramp).astype(np.float32)
     inverse = (1.0 - alpha).astype(np.float32)
     alpha.flags.writeable = False
@@ -64,6 +86,7 @@ class Compositor:
         frame_size: tuple[int, int],
         feather: float = 0.08,
         sides: np.ndarray | None = None,
+        region: str = "box",
     ):
         """frame_size is (height, width); `sides`, if given, are the box sides to expect.
 
@@ -75,9 +98,10 @@ class Compositor:
         self.geometry = geometry
         self.height, self.width = frame_size
         self.feather = float(feather)
+        self.region = region
         if sides is not None:
             for side in np.unique(np.asarray(sides))[:_PRECOMPUTE]:
-                feather_alpha(int(side), self.feather)
+                feather_alpha(int(side), self.feather, region)
 
     def paste(
         self,
@@ -108,17 +132,28 @@ class Compositor:
         # would alias (it is 7x slower for the usual 328 -> ~250 px).
         interpolation = cv2.INTER_AREA if 2 * side < g.crop_size else cv2.INTER_LINEAR
         resized = cv2.resize(crop, (side, side), interpolation=interpolation)
-        alpha, inverse = feather_alpha(side, self.feather)
+        alpha, inverse = feather_alpha(side, self.feather, self.region)
         sy, sx = slice(ya - y0, yb - y0), slice(xa - x0, xb - x0)
-        region = frame[ya:yb, xa:xb]
-        if self.feather == 0:
-            region[...] = resized[sy, sx]
+        target = frame[ya:yb, xa:xb]
+        if self.feather == 0 and self.region == "box":
+            target[...] = resized[sy, sx]
             return frame
         blended = cv2.blendLinear(
             np.ascontiguousarray(resized[sy, sx]),
-            np.ascontiguousarray(region),
+            np.ascontiguousarray(target),
             np.ascontiguousarray(alpha[sy, sx]),
             np.ascontiguousarray(inverse[sy, sx]),
         )
-        region[...] = blended
+        target[...] = blended
         return frame
+
+    def alpha_in_frame(self, crop_box: np.ndarray | tuple[int, int, int]) -> np.ndarray:
+        """float32 [H, W]: how much of each frame pixel `paste` takes from the prediction."""
+        x0, y0, side = (int(v) for v in crop_box)
+        out = np.zeros((self.height, self.width), dtype=np.float32)
+        xa, xb = max(0, x0), min(self.width, x0 + side)
+        ya, yb = max(0, y0), min(self.height, y0 + side)
+        if xa < xb and ya < yb:
+            alpha, _ = feather_alpha(side, self.feather, self.region)
+            out[ya:yb, xa:xb] = alpha[ya - y0 : yb - y0, xa - x0 : xb - x0]
+        return out

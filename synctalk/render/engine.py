@@ -1,6 +1,6 @@
 """The render engine: an audio file in, a lip-synced H.264/AAC mp4 of the avatar out.
 
-Steps: decode the audio (16 kHz mono) -> AVE features with the avatar's
+Steps: decode the audio (16 kHz mono) -> audio features with the avatar's
 encoder -> per output frame, the background frame (ping-pong schedule), its
 cached crop and the frame's audio window -> the U-Net -> paste the predicted
 crop back (feathered) -> raw BGR frames to ffmpeg's stdin, which encodes them
@@ -9,7 +9,7 @@ and muxes the original audio file's sound as AAC.
 Length. The output has round(audio_seconds x 25) frames, so the video lasts
 as long as the audio to within half a frame (20 ms). The original derives
 its frame count from the mel spectrogram (`video_frame_count`), which gives
-about 3 frames fewer than that; the frames past the last AVE feature reuse
+about 3 frames fewer than that; the frames past the last audio feature reuse
 the last feature's window. That is what `feature_window` already gives the
 last 8 frames (16 copies of the last vector), so the padded frames see the
 same window as the frames just before them: the mouth holds its last shape
@@ -54,11 +54,10 @@ import torch
 from synctalk.atomic import atomic_path
 from synctalk.config import FPS, SAMPLE_RATE, RenderParams
 from synctalk.device import resolve_device
-from synctalk.features.ave import encode_frames
+from synctalk.features.frontend import AudioFrontEnd
 from synctalk.features.windows import feature_window
 from synctalk.media.audio import load_audio
 from synctalk.media.ffmpeg import ffmpeg_exe, ffmpeg_input
-from synctalk.models.audio_encoder import AudioEncoder
 from synctalk.models.unet import UNet, UNetSpec, make_unet_input
 from synctalk.progress import progress
 from synctalk.render.avatar import RenderAvatar, RenderError, background_schedule
@@ -84,7 +83,7 @@ class RenderResult:
     duration: float  # video seconds (frames / 25)
     audio_duration: float  # seconds of audio
     runtime: str  # "onnxruntime" or "torch:<device>"
-    # Wall seconds: audio (decoding and AVE features, before the frame loop), then what
+    # Wall seconds: audio (decoding and audio features, before the frame loop), then what
     # each worker spent working, not waiting on a queue: prepare, infer, composite
     # (paste-back), write (handing frames to ffmpeg, which blocks while it is busy).
     stage_seconds: dict[str, float] = field(default_factory=dict)
@@ -238,7 +237,7 @@ class _Runner:
     batch_size: int
     size: int
     audio_shape: tuple[int, ...]
-    mouth_mask: tuple[int, int, int, int]
+    masked_box: tuple[int, int, int, int]
 
     def prepare(self, crops: np.ndarray, audio: np.ndarray) -> Any:
         raise NotImplementedError
@@ -260,15 +259,14 @@ class _OnnxRunner(_Runner):
         image, audio = model.session.get_inputs()[:2]
         self.size = int(image.shape[-1])
         self.audio_shape = tuple(int(d) for d in audio.shape[1:])
-        s = self.size
-        self.mouth_mask = (5, 5, s - 5, s - 10)  # Resolution.mouth_mask for side s
+        self.masked_box = model.spec.masked_box
 
     def prepare(self, crops: np.ndarray, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         b, s = len(crops), self.size
         image = np.empty((b, 6, s, s), dtype=np.float32)
         np.multiply(crops, np.float32(1 / 255), out=image[:, :3])
         image[:, 3:] = image[:, :3]
-        x0, y0, x1, y1 = self.mouth_mask
+        x0, y0, x1, y1 = self.masked_box
         image[:, 3:, y0:y1, x0:x1] = 0
         return image, audio
 
@@ -294,7 +292,7 @@ class _TorchRunner(_Runner):
         self.batch_size = max(1, batch_size) if device.type != "cpu" else 1
         self.size = self.spec.geometry.size
         self.audio_shape = self.spec.audio_shape
-        self.mouth_mask = self.spec.geometry.mouth_mask
+        self.masked_box = self.spec.masked_box
 
     def prepare(self, crops: np.ndarray, audio: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         c, a = torch.from_numpy(crops), torch.from_numpy(audio)
@@ -352,7 +350,7 @@ def check_audio(wav: np.ndarray, path: Path) -> float:
 def render_video(
     avatar: RenderAvatar,
     model: UNet | OnnxUNet,
-    encoder: AudioEncoder,
+    front_end: AudioFrontEnd,
     audio_path: str | Path,
     out_path: str | Path,
     params: RenderParams,
@@ -361,7 +359,7 @@ def render_video(
     """Render `avatar` saying `audio_path` into the mp4 `out_path` (written atomically).
 
     `model` is a torch UNet (run on `device`, batched on a GPU) or an
-    OnnxUNet (see `load_runtime`). `encoder` is the avatar's AVE encoder.
+    OnnxUNet (see `load_runtime`). `front_end` is the avatar's audio front-end.
     Raises AudioError (naming the file) for a missing, empty or undecodable
     audio file, RenderError for a silent or too short one, for a model of
     another size than the avatar's cache, and when ffmpeg fails. Nothing is
@@ -379,16 +377,18 @@ def render_video(
             f"cache is for preset {g.name} ({g.size}x{g.size})"
         )
 
-    features = encode_frames(wav, encoder)
+    features = front_end.features(wav)
     del wav
     audio_seconds = time.perf_counter() - started
     n_frames = round(audio_s * FPS)
     schedule = background_schedule(len(avatar), n_frames, params.same_start_end)
     log.info(
-        "rendering %s: %.2f s of audio, %d frames, %d AVE features, %s, avatar %s (%d frames)",
+        "rendering %s: %.2f s of audio, %d frames, %d audio features, %s, avatar %s (%d frames)",
         *(audio_path, audio_s, n_frames, len(features), runner.name, avatar.name, len(avatar)),
     )
-    compositor = Compositor(g, avatar.frame_size, params.feather, sides=avatar.crop_boxes[:, 2])
+    compositor = Compositor(
+        g, avatar.frame_size, params.feather, avatar.crop_boxes[:, 2], params.paste_region
+    )
 
     def window(i: int) -> np.ndarray:
         # Past the last feature, the last frame's window (see the module docstring).

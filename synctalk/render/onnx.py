@@ -3,23 +3,29 @@
 On this kind of CPU onnxruntime runs the 328 U-Net about 4x faster than eager
 PyTorch with the same outputs, so CPU rendering uses it. The export has a
 dynamic batch axis; input names are `image` [B,6,S,S] and `audio` (the
-mode's window shape), output `crop` [B,3,S,S].
+mode's window shape), output `crop` [B,3,S,S]. The U-Net's spec (preset,
+audio mode, width, input mask) is stored in the file's metadata, so whoever
+runs it prepares the inputs the way the model was trained.
 """
 
 from __future__ import annotations
 
+import json
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
 from synctalk.atomic import atomic_path
-from synctalk.models.unet import UNet
+from synctalk.models.unet import UNet, UNetSpec
 
 INPUT_NAMES = ("image", "audio")
 OUTPUT_NAME = "crop"
 OPSET = 17
+SPEC_KEY = "synctalk_unet_spec"
 
 
 def example_inputs(model: UNet, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,6 +51,9 @@ def export_unet(model: UNet, path: str | Path) -> Path:
                 opset_version=OPSET,
                 dynamo=False,  # the TorchScript exporter needs no onnxscript
             )
+        exported = onnx.load(str(tmp))
+        onnx.helper.set_model_props(exported, {SPEC_KEY: json.dumps(asdict(model.spec))})
+        onnx.save(exported, str(tmp))
     return path
 
 
@@ -64,6 +73,10 @@ class OnnxUNet:
         self.session = ort.InferenceSession(
             str(path), sess_options=options, providers=["CPUExecutionProvider"]
         )
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if SPEC_KEY not in meta:
+            raise ValueError(f"{path}: not a U-Net exported by synctalk (no {SPEC_KEY})")
+        self.spec = UNetSpec(**json.loads(meta[SPEC_KEY]))
 
     def __call__(self, image: np.ndarray, audio: np.ndarray) -> np.ndarray:
         feeds = {

@@ -26,9 +26,9 @@ from torch import nn
 
 from synctalk.config import AveEncoderParams, Resolution
 from synctalk.features.ave import load_encoder, mel_windows, save_encoder
+from synctalk.hashing import file_sha256
 from synctalk.media.audio import load_audio, melspectrogram
 from synctalk.models.audio_encoder import EMBEDDING_DIM, AudioEncoder
-from synctalk.models.checkpoint import file_sha256
 from synctalk.train.data import VALIDATION_FRACTION, SyncPairs
 from synctalk.train.losses import sync_pair_labels, sync_pair_metrics
 from synctalk.train.trainer import Trainer, TrainSettings, seed_everything

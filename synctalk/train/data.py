@@ -25,6 +25,7 @@ from torch.utils.data import Dataset, Sampler
 
 from synctalk.config import Resolution
 from synctalk.features.windows import feature_window
+from synctalk.models.unet import UNetSpec
 
 VALIDATION_FRACTION = 0.1
 
@@ -131,9 +132,9 @@ class UNetSamples(EpochDataset):
     out, and the target is the current crop itself.
     """
 
-    def __init__(self, data, frames, seed, audio_shape, jitter: float = 0.0):
+    def __init__(self, data, frames, seed, spec: UNetSpec, jitter: float = 0.0):
         super().__init__(data, frames, seed)
-        self.audio_shape, self.jitter = audio_shape, jitter
+        self.audio_shape, self.masked_box, self.jitter = spec.audio_shape, spec.masked_box, jitter
 
     def __getitem__(self, index: int):
         rng = self.rng(index)
@@ -142,7 +143,7 @@ class UNetSamples(EpochDataset):
         target, ref = colour_jitter(
             rng, self.jitter, self.data.crop(frame), self.data.crop(reference)
         )
-        x0, y0, x1, y1 = self.data.geometry.mouth_mask
+        x0, y0, x1, y1 = self.masked_box
         masked = target.copy()
         masked[:, y0:y1, x0:x1] = 0
         image = np.concatenate([ref, masked])

@@ -92,10 +92,10 @@ def train_syncnet(name: str, config: Config, paths: AvatarPaths) -> TrainResult:
     import mlflow
 
     preset = config.preset_of(name)
-    data = AvatarFrames.load(paths.crops, paths.ave, preset.geometry)
+    data = AvatarFrames.load(paths.crops, paths.features, preset.geometry)
     task = SyncNetTask(data, preset, preset.syncnet)
     with _tracked_training("syncnet", "SyncNet", name, config, paths, task,
-                           train_settings(preset.syncnet), [paths.crops, paths.ave],
+                           train_settings(preset.syncnet), [paths.crops, paths.features],
                            paths.syncnet) as (history, metrics, _, tmp):  # fmt: skip
         mlflow.log_artifact(str(paths.syncnet), "checkpoint")
         sync = task.offset_curve(resolve_device(config.device))
@@ -112,16 +112,16 @@ def train_unet(name: str, config: Config, paths: AvatarPaths) -> TrainResult:
 
     preset = config.preset_of(name)
     device = resolve_device(config.device)
-    data = AvatarFrames.load(paths.crops, paths.ave, preset.geometry)
+    data = AvatarFrames.load(paths.crops, paths.features, preset.geometry)
     syncnet = load_syncnet(paths.syncnet, audio_mode=preset.audio_mode, device=device)
     task = UNetTask(data, preset, preset.unet, syncnet).to(device)
-    inputs = [paths.crops, paths.ave, paths.syncnet, paths.ave_encoder]
+    inputs = [paths.crops, paths.features, paths.syncnet, paths.audio_encoder]
     with _tracked_training("unet", "U-Net", name, config, paths, task,
                            train_settings(preset.unet), inputs,
                            paths.unet) as (history, metrics, fingerprint, tmp):  # fmt: skip
         mlflow.log_artifact(str(write_image(tmp / "validation_grid.png", task.sample_grid(device))))
         version = register_avatar_model(
-            name, paths.unet, paths.ave_encoder, paths.syncnet,
+            name, paths.unet, paths.audio_encoder, paths.syncnet,
             {**_params(config, name), "inputs_md5": fingerprint, "metrics": metrics},
             tmp,
         )  # fmt: skip

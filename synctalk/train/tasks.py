@@ -101,7 +101,7 @@ class UNetTask:
         training: UNetTraining,
         syncnet: SyncNet | None,
     ):
-        spec = UNetSpec(preset.resolution, preset.audio_mode, preset.mobile)
+        spec = UNetSpec(preset.resolution, preset.audio_mode, preset.mobile, preset.input_mask)
         seed_everything(training.seed)  # the initial weights too are seeded
         if training.init_checkpoint:
             self.model = load_unet(training.init_checkpoint, audio_mode=preset.audio_mode)
@@ -114,9 +114,9 @@ class UNetTask:
         else:
             self.model = UNet(spec)
         train, val = data.split()
-        self.train_set = UNetSamples(data, train, training.seed, spec.audio_shape,
+        self.train_set = UNetSamples(data, train, training.seed, spec,
                                      training.colour_jitter)  # fmt: skip
-        self.val_set = UNetSamples(data, val, training.seed + 1, spec.audio_shape)
+        self.val_set = UNetSamples(data, val, training.seed + 1, spec)
         self.weights = training
         self.perceptual = PerceptualLoss(training.vgg19) if training.perceptual_weight > 0 else None
         self.sync = None
