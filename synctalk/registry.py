@@ -210,9 +210,10 @@ def _environ(key: str, value: str) -> Iterator[None]:
 
 
 def version_of_checkpoint(avatar: str, unet: Path) -> str:
-    """The registered version whose U-Net is the file `unet`."""
+    """The newest registered version whose U-Net is the file `unet` (a seeded training
+    repeated on the same inputs may register the same weights again)."""
     digest = file_sha256(unet)
-    for v in list_versions(avatar):
+    for v in reversed(list_versions(avatar)):
         if (v.tags or {}).get("unet_sha256") == digest:
             return str(v.version)
     raise ModelNotFoundError(f"{unet} is not registered as a version of {model_name(avatar)}")
