@@ -22,8 +22,8 @@ test: setup
 	$(PY) -m pytest
 
 lint: setup
-	$(VENV)/bin/ruff check synctalk stages flows tests benchmarks
-	$(VENV)/bin/ruff format --check synctalk stages flows tests benchmarks
+	$(VENV)/bin/ruff check synctalk stages flows tests benchmarks scripts
+	$(VENV)/bin/ruff format --check synctalk stages flows tests benchmarks scripts
 
 demo: setup
 	$(VENV)/bin/synctalk demo

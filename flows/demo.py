@@ -7,7 +7,8 @@ scikit-image, animated to speak sentences synthesised by eSpeak NG. It goes
 through the real pipeline with the `tiny` preset: `dvc repro evaluate@demo`
 (extract, landmarks, audio features, SyncNet, U-Net, evaluation), then the
 `render` flow renders two new sentences from data/inbox (the nightly batch's
-default folder). Finally it measures whether the rendered mouth follows the
+default folder) with the new `@candidate` (the nightly batch itself renders
+only a reviewed `@champion`). Finally it measures whether the rendered mouth follows the
 audio: the correlation between the mouth opening (face landmarks of the
 rendered video) and the loudness of the driving audio, next to the same
 measure for a render by an untrained model.
@@ -73,7 +74,8 @@ def run_demo() -> dict[str, object]:
     metrics = train(avatar=AVATAR)  # dvc repro evaluate@demo
     inbox = ROOT / config.nightly.audio_dir
     sentences = make_demo_audio(inbox)
-    counts = render(avatar=AVATAR, audio_dir=str(inbox))
+    # the version just evaluated: nobody has reviewed and promoted it to @champion yet
+    counts = render(avatar=AVATAR, audio_dir=str(inbox), model_alias="candidate")
     out = ROOT / "data" / "renders" / AVATAR
     videos = [out / f"{s.stem}.mp4" for s in sentences]
 
@@ -108,6 +110,9 @@ def main() -> None:
     )
     print("MLflow UI:  .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db"
           "  ->  http://127.0.0.1:5000")  # fmt: skip
+    version = report["evaluation"].get("model_version", "N")
+    print(f"Review: videos in the review/ folder of avatar-{AVATAR} version {version}'s run")
+    print(f"Promote after review: .venv/bin/synctalk models promote {AVATAR} {version}")
     print("Prefect UI: .venv/bin/prefect server start  ->  http://127.0.0.1:4200")
     print("Serve the nightly batch: .venv/bin/synctalk serve (with PREFECT_API_URL set)")
 

@@ -1,5 +1,10 @@
 """Flow `render` (deployment `batch`): render an avatar saying every audio file of a folder.
 
+Unless a model_alias is given, only the avatar's `@champion` renders
+(`nightly.require_champion`); an avatar without one is reported and skipped.
+When the registry cannot be read the flow fails naming the store, before
+anything is rendered.
+
 One task per audio file, run concurrently up to `max_parallel`. A file whose
 render key (model version + weights, audio bytes, render settings, renderer
 version) already has a finished output is skipped; every attempt, rendered,
@@ -22,6 +27,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from synctalk.config import load_config
+from synctalk.registry import CHAMPION, champion_version
 from synctalk.render.batch import AvatarRenderer, audio_files
 from synctalk.render.ledger import RenderLedger, RenderRecord
 from synctalk.tracking import apply_offline_env, tracking_uri
@@ -52,6 +58,13 @@ def render(
     source = Path(audio_dir) if Path(audio_dir).is_absolute() else ROOT / audio_dir
     out = Path(output_dir) if output_dir else ROOT / "data" / "renders" / avatar
     files = audio_files(source, glob)
+    if model_alias is None and config.nightly.require_champion:
+        # only a reviewed model renders unattended (nightly.require_champion)
+        if champion_version(avatar) is None:
+            promote = f"synctalk models promote {avatar} VERSION"
+            logger.error("avatar-%s has no @%s: nothing rendered (%s)", avatar, CHAMPION, promote)
+            return {"done": 0, "skipped": 0, "failed": 0, "no_champion": 1}
+        model_alias = CHAMPION
     renderer = AvatarRenderer(config, avatar, model_alias, ROOT)
     logger.info("%d audio files, avatar-%s version %s", len(files), avatar,
                 renderer.model.version)  # fmt: skip

@@ -1,23 +1,37 @@
 """DVC stage `evaluate@<avatar>`: quality of the trained avatar on its held-out footage.
 
-Writes eval/<avatar>/metrics.json (`dvc metrics show`) and plot data
-(`dvc plots show`), logs an MLflow run, records the metrics on the registry
-version that was evaluated and gives it the alias `candidate` for review.
+Writes eval/<avatar>/metrics.json (`dvc metrics show`), the plot data
+(eval/<avatar>/plots/*.json) and the plots as PNGs (`dvc plots show`, which
+then needs no network). The registered version that was evaluated gets the
+metrics on its model (eval_<name>), and its run gets what a reviewer watches
+(synctalk.evaluate.review) and the plots in review/; then it is given the
+alias `candidate`. The stage's own MLflow run records its settings and which
+version it evaluated.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 
 from stages._common import run_stage, write_json
 from synctalk.config import Config
 from synctalk.device import resolve_device
+from synctalk.evaluate.review import (
+    CONTACT_SHEET,
+    REVIEW_SENTENCE,
+    SIDE_BY_SIDE,
+    contact_sheet,
+    review_sentence_video,
+    side_by_side_video,
+)
 from synctalk.evaluate.run import evaluate_avatar
 from synctalk.models.checkpoint import load_syncnet, load_unet
 from synctalk.paths import AvatarPaths
-from synctalk.registry import CANDIDATE, set_alias, set_version_metrics, version_of_checkpoint
-from synctalk.tracking import stage_run
+from synctalk.registry import CANDIDATE, attach_evaluation, set_alias, version_of_checkpoint
+from synctalk.tracking import log_offset_curve_plot, stage_run, write_series_plot
 
 log = logging.getLogger("stages.evaluate")
 
@@ -28,7 +42,8 @@ def evaluate(name: str, config: Config, paths: AvatarPaths) -> None:
     preset = config.preset_of(name)
     device = resolve_device(config.device)
     out = Path("eval") / name
-    with stage_run("evaluate", name, {"landmarks": config.landmarks, "device": config.device}):
+    settings = {"landmarks": config.landmarks, "device": config.device, "review": config.review}
+    with stage_run("evaluate", name, settings), tempfile.TemporaryDirectory() as tmp:
         version = version_of_checkpoint(name, paths.unet)
         mlflow.set_tag("model_version", version)
         result = evaluate_avatar(
@@ -47,9 +62,22 @@ def evaluate(name: str, config: Config, paths: AvatarPaths) -> None:
             {"frame": int(f), "psnr": float(p)} for f, p in zip(result.frames, result.frame_psnr,
                                                                   strict=True)
         ])  # fmt: skip
-        mlflow.log_metrics({k: v for k, v in metrics.items() if v == v})  # NaN-free
-        mlflow.log_artifacts(str(out), "eval")
-        set_version_metrics(name, version, {f"eval_{k}": v for k, v in metrics.items()})
+        title = f"{name} version {version}, held-out frames"
+        plots = out / "plots"
+        offsets_png, psnr_png = plots / "sync_offsets.png", plots / "frame_psnr.png"
+        log_offset_curve_plot(result.sync, offsets_png, title, result.sync_real, "real footage")
+        write_series_plot(result.frames, result.frame_psnr, psnr_png, title, "frame", "PSNR (dB)")
+
+        media = Path(tmp)
+        real, rendered = result.real_frames, result.rendered_frames
+        first = int(result.frames[0])
+        side_by_side_video(real, rendered, paths.audio, first, media / SIDE_BY_SIDE, config)
+        sheet = media / CONTACT_SHEET
+        contact_sheet(result.real_crops, result.rendered_crops, result.frames, sheet)
+        review_sentence_video(config, paths, version, media / REVIEW_SENTENCE)
+        for plot in (offsets_png, psnr_png):
+            shutil.copy2(plot, media / plot.name)
+        attach_evaluation(name, version, metrics, media)
         set_alias(name, version, CANDIDATE)
     log.info("%s: version %s is @%s: %s", name, version, CANDIDATE, metrics)
 

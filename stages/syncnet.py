@@ -2,8 +2,9 @@
 
 Besides the checkpoint it writes, for `dvc metrics show` / `dvc plots show`,
 the held-out validation metrics (eval/<avatar>/syncnet.json) and the offset
-curve on the held-out frames (eval/<avatar>/plots/syncnet_offsets.json):
-mean face/audio distance per offset, lowest at 0 for a SyncNet that works.
+curve on the held-out frames (eval/<avatar>/plots/syncnet_offsets.json, drawn
+in syncnet_offsets.png): mean face/audio distance per offset, lowest at 0 for
+a SyncNet that works.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from stages._common import run_stage, write_json
 from synctalk.config import Config
 from synctalk.paths import AvatarPaths
+from synctalk.tracking import log_offset_curve_plot
 from synctalk.train.run import train_syncnet
 
 log = logging.getLogger("stages.syncnet")
@@ -31,6 +33,8 @@ def syncnet(name: str, config: Config, paths: AvatarPaths) -> None:
         {"offset": int(o), "distance": float(d)} for o, d in zip(sync.offsets, sync.distances,
                                                                  strict=True)
     ])  # fmt: skip
+    title = f"SyncNet {name}: held-out frames"
+    log_offset_curve_plot(sync, out / "plots" / "syncnet_offsets.png", title)
     log.info(
         "%s: SyncNet held-out pair accuracy %.3f, accuracy %.3f (loss %.3f -> %.3f), "
         "best offset %+d, best epoch %d -> %s",

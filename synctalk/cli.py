@@ -59,7 +59,7 @@ def _cmd_avatar_add(args: argparse.Namespace) -> int:
         args.name, Path(args.video), args.preset, Path(args.params), force=args.force
     )
     print(f"added avatar {args.name!r}: {target} (preset {args.preset})")
-    print(f"prepare it with: dvc repro extract@{args.name} landmarks@{args.name} ave@{args.name}")
+    print(f"prepare it with: dvc repro features@{args.name}")
     print("or everything at once: dvc repro")
     return 0
 
@@ -124,8 +124,20 @@ def _use_tracking(args: argparse.Namespace) -> None:
     mlflow.set_tracking_uri(tracking_uri())
 
 
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _print_table(columns: list[str], rows: list[list[object]]) -> None:
+    width = max(10, *(len(c) for c in columns))
+    for row in [columns, *rows]:
+        print("  ".join(f"{_cell(value):>{width}}" for value in row))
+
+
 def _cmd_models_list(args: argparse.Namespace) -> int:
-    """Print the registered versions of an avatar's model with their metrics."""
+    """Print the registered versions of an avatar's model with their aliases and metrics."""
     from synctalk.registry import describe_versions
 
     _use_tracking(args)
@@ -135,25 +147,40 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
         return 1
     columns = ["version", "aliases", "created", "val_l1"]
     columns += sorted({k for row in rows for k in row} - set(columns))
-    print("  ".join(f"{c:>10}" for c in columns))
-    for row in rows:
-        cells = []
-        for c in columns:
-            value = row.get(c)
-            cells.append(f"{value:>10.4g}" if isinstance(value, float) else f"{value or '-':>10}")
-        print("  ".join(cells))
+    _print_table(columns, [[row.get(c) for c in columns] for row in rows])
+    return 0
+
+
+def _cmd_models_compare(args: argparse.Namespace) -> int:
+    """Print the evaluation metrics of versions side by side."""
+    from synctalk.registry import evaluation_metrics
+
+    _use_tracking(args)
+    metrics = {v: evaluation_metrics(args.avatar, v) for v in args.versions}
+    names = sorted({k for m in metrics.values() for k in m})
+    if not names:
+        print(f"none of versions {', '.join(args.versions)} of avatar-{args.avatar} is evaluated")
+        return 1
+    columns = ["metric", *(f"v{v}" for v in args.versions)]
+    _print_table(columns, [[n, *(metrics[v].get(n) for v in args.versions)] for n in names])
     return 0
 
 
 def _cmd_models_promote(args: argparse.Namespace) -> int:
-    """Point an alias (champion by default) at a version after review."""
-    from synctalk.registry import list_versions, set_alias
+    """Point an alias (champion by default) at a version after review, through the gate."""
+    from synctalk.config import load_config
+    from synctalk.registry import promote
 
+    if args.force and not (args.reason or "").strip():
+        raise ValueError('--force needs --reason "why this version goes out anyway"')
+    if args.reason and not args.force:
+        raise ValueError("--reason goes with --force (a version that passes needs none)")
     _use_tracking(args)
-    known = sorted(int(v.version) for v in list_versions(args.avatar))
-    if not args.version.isdigit() or int(args.version) not in known:
-        raise ValueError(f"avatar-{args.avatar} has no version {args.version} (versions: {known})")
-    set_alias(args.avatar, str(args.version), args.alias)
+    review = load_config(args.params).review
+    reason = args.reason if args.force else None
+    failure = promote(args.avatar, args.version, args.alias, review, forced_reason=reason)
+    if failure:
+        print(f"forced: {failure}; recorded with your reason on the version's tags")
     print(f"avatar-{args.avatar} version {args.version} is now @{args.alias}")
     return 0
 
@@ -239,18 +266,38 @@ def build_parser() -> argparse.ArgumentParser:
         "./mlflow.db.",
     )
     models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
-    listing = models_sub.add_parser("list", help="versions of an avatar's model with metrics")
+    listing = models_sub.add_parser(
+        "list", help="versions of an avatar's model with their aliases and metrics"
+    )
     listing.add_argument("avatar")
     listing.set_defaults(func=_cmd_models_list)
+    compare = models_sub.add_parser(
+        "compare",
+        help="evaluation metrics of two or more versions side by side",
+        description="One row per evaluation metric (eval/<avatar>/metrics.json's names), "
+        "one column per version; '-' where a version lacks the metric.",
+    )
+    compare.add_argument("avatar")
+    compare.add_argument("versions", nargs="+", metavar="VERSION", help="version numbers")
+    compare.set_defaults(func=_cmd_models_compare)
     promote = models_sub.add_parser(
         "promote",
-        help="make a version the champion (what renders use)",
-        description="Set an alias on a version. Renders use @champion when it is set, "
-        "else the newest version.",
+        help="make a version the champion (what renders use), if it passes review",
+        description="Set an alias on a version. The version must have been evaluated and its "
+        "metrics must be within params.yaml's review.minimum / review.maximum; --force "
+        "--reason overrides and records who did it and why as tags of the version. The "
+        "nightly batch renders @champion only.",
     )
     promote.add_argument("avatar")
     promote.add_argument("version", help="version number, see `synctalk models list`")
     promote.add_argument("--alias", default="champion", help="alias to set (default: %(default)s)")
+    promote.add_argument(
+        "--force", action="store_true", help="promote even if the version fails the review gate"
+    )
+    promote.add_argument("--reason", help="with --force: why (recorded on the version)")
+    promote.add_argument(
+        "--params", default="params.yaml", help="params file with review: (default: %(default)s)"
+    )
     promote.set_defaults(func=_cmd_models_promote)
 
     demo = sub.add_parser(

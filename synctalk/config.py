@@ -218,6 +218,25 @@ class NightlyParams:
     glob: str = "*"
     cron: str = "0 2 * * *"  # every night at 02:00 (the server's time zone)
     max_parallel: int = 1  # audio files rendered at once (a CPU render uses both cores)
+    # Render only a reviewed model: an avatar without @champion is reported and skipped
+    # (an explicit model_alias still renders what it names).
+    require_champion: bool = True
+
+
+@dataclass(frozen=True)
+class ReviewParams:
+    """What a person reviews before promoting a version, and the gate `models promote` applies.
+
+    `minimum` and `maximum` map evaluation metrics (the names of
+    eval/<name>/metrics.json) to the worst value a promotable version may have.
+    """
+
+    minimum: dict[str, float] = field(default_factory=lambda: {"psnr": 20.0, "lse_c_ratio": 0.2})
+    maximum: dict[str, float] = field(default_factory=lambda: {"lmd": 0.1})
+    # A sentence the avatar never said, in a voice that is not the avatar's, rendered by
+    # the evaluate stage with the version under review.
+    sentence: str = "Please check that my lips follow these words, spoken in another voice."
+    voice: str = "en+f3"  # eSpeak NG voice
 
 
 @dataclass(frozen=True)
@@ -229,6 +248,7 @@ class Config:
     ave: AveParams = field(default_factory=AveParams)
     render: RenderParams = field(default_factory=RenderParams)
     nightly: NightlyParams = field(default_factory=NightlyParams)
+    review: ReviewParams = field(default_factory=ReviewParams)
     presets: dict[str, ModelPreset] = field(default_factory=lambda: {"default": ModelPreset()})
     avatars: dict[str, AvatarConfig] = field(default_factory=dict)
 

@@ -96,22 +96,53 @@ def log_history_plot(history: Any, path: Path, title: str) -> Path:
     return path
 
 
-def log_offset_curve_plot(score: Any, path: Path, title: str) -> Path:
-    """A SyncScore's mean face/audio distance per offset, the best offset marked, as a PNG."""
+def log_offset_curve_plot(
+    score: Any, path: Path, title: str, reference: Any = None, reference_label: str = ""
+) -> Path:
+    """A SyncScore's mean face/audio distance per offset, the best offset marked, as a PNG.
+
+    `reference` (another SyncScore, e.g. of the real footage) is drawn beside it.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3))
-    ax.plot(score.offsets, score.distances, marker="o")
-    ax.axvline(score.best_offset, color="tab:red", linestyle="--",
-               label=f"best {score.best_offset:+d}, LSE-C {score.confidence:.3f}")  # fmt: skip
+    label = "rendered" if reference is not None else None
+    ax.plot(score.offsets, score.distances, marker="o", label=label)
+    if reference is not None:
+        label = f"{reference_label}, LSE-C {reference.confidence:.3f}"
+        ax.plot(reference.offsets, reference.distances, marker=".", color="tab:grey", label=label)
+    label = f"best {score.best_offset:+d}, LSE-C {score.confidence:.3f}"
+    ax.axvline(score.best_offset, color="tab:red", linestyle="--", label=label)
     ax.set(title=title, xlabel="offset (audio frame - face frame)", ylabel="mean distance")
     ax.legend()
+    return _save_figure(fig, path)
+
+
+def write_series_plot(x: Any, y: Any, path: Path, title: str, xlabel: str, ylabel: str) -> Path:
+    """One curve (e.g. PSNR per held-out frame) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.plot(x, y, linewidth=1)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    return _save_figure(fig, path)
+
+
+def _save_figure(fig: Any, path: Path) -> Path:
+    """Write a matplotlib figure as a PNG, atomically, and close it."""
+    import matplotlib.pyplot as plt
+
+    from synctalk.atomic import atomic_path
+
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
     return path
 

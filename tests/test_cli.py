@@ -75,7 +75,8 @@ def test_models_promote_checks_the_version(tmp_path, monkeypatch, capsys):
     client.create_registered_model("avatar-bob")
     for _ in range(2):
         client.create_model_version("avatar-bob", source=str(tmp_path))
-    assert main(["models", "promote", "bob", "1"]) == 0
+    assert main(["models", "promote", "bob", "1"]) == 2  # not evaluated: the review gate refuses
+    assert main(["models", "promote", "bob", "1", "--force", "--reason", "a test"]) == 0
     assert client.get_model_version_by_alias("avatar-bob", "champion").version in (1, "1")
     assert main(["models", "promote", "bob", "7"]) == 2
     assert main(["models", "promote", "bob", "one"]) == 2

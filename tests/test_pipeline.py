@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -145,7 +146,78 @@ def test_evaluate_writes_the_four_metrics_and_marks_the_candidate(prepared):
     client, _ = _runs(root)
     version = client.get_model_version_by_alias("avatar-lieu", "candidate")
     assert str(version.version) == "1"
-    assert float(version.tags["eval_psnr"]) == pytest.approx(metrics["psnr"], rel=1e-5)
+
+
+def _durations(video: Path) -> tuple[float, float]:
+    """(seconds of picture: frames / 25, seconds of its sound track) of an mp4."""
+    from synctalk.media.audio import load_audio
+    from synctalk.media.video import iter_frames
+
+    frames = sum(1 for _ in iter_frames(video))
+    return frames / 25, len(load_audio(video)) / 16000
+
+
+def test_evaluation_is_watchable_on_the_versions_run(prepared, tmp_path):
+    """The reviewer's material on the registered version: two videos whose picture lasts as
+    long as their sound, a contact sheet, offline plots; the metrics on the version's model."""
+    import cv2
+    import mlflow
+
+    from synctalk.config import load_config
+    from synctalk.demo_avatar import speak
+    from synctalk.registry import evaluation_metrics
+
+    root, _ = prepared
+    metrics = json.loads((root / "eval" / "lieu" / "metrics.json").read_text())
+    version = str(metrics["model_version"])
+    client, _ = _runs(root)
+    run_id = client.get_model_version("avatar-lieu", version).run_id
+    assert client.get_run(run_id).data.tags["stage"] == "unet"  # the version's own run
+    review = {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(run_id, "review")}
+    assert review == {
+        "heldout_side_by_side.mp4",
+        "review_sentence.mp4",
+        "mouth_contact_sheet.png",
+        "sync_offsets.png",
+        "frame_psnr.png",
+    }
+    local = Path(client.download_artifacts(run_id, "review", str(tmp_path)))
+
+    side = local / "heldout_side_by_side.mp4"
+    picture, sound = _durations(side)
+    assert picture == pytest.approx(metrics["frames"] / 25)  # every held-out frame
+    assert abs(picture - sound) <= 0.04
+    from synctalk.media.video import probe_video
+
+    assert probe_video(side).width == 2 * 512  # real | rendered
+    review_config = load_config(root / "params.yaml").review
+    samples, rate = speak(review_config.sentence, review_config.voice)
+    said = len(samples) / rate
+    sentence_picture, sentence_sound = _durations(local / "review_sentence.mp4")
+    assert abs(sentence_picture - said) <= 0.04 and abs(sentence_sound - said) <= 0.04
+    sheet = cv2.imread(str(local / "mouth_contact_sheet.png"))
+    assert sheet is not None and sheet.shape[0] == 2 * 80 * 2  # two rows of 2x-scaled mouths
+    print(
+        f"\nreview videos: held-out {picture:.3f} s picture / {sound:.3f} s sound; "
+        f"sentence {sentence_picture:.3f} s / {sentence_sound:.3f} s, speech {said:.3f} s"
+    )
+
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    on_model = evaluation_metrics("lieu", version)
+    expected = {k: v for k, v in metrics.items() if k != "model_version" and v == v}
+    assert on_model == pytest.approx(expected, rel=1e-6)
+
+
+def test_dvc_plots_page_needs_no_network(prepared, tmp_path):
+    """The plots are PNGs: DVC's page embeds them and loads no chart library from a CDN."""
+    root, _ = prepared
+    run(root, "dvc", "plots", "show", "--out", str(tmp_path / "plots"))
+    page = (tmp_path / "plots" / "index.html").read_text()
+    assert "<script" not in page and "http" not in page
+    images = re.findall(r'<img src="([^"]+)"', page)
+    names = sorted(src.rsplit("_plots_", 1)[-1] for src in images)
+    assert names == ["frame_psnr.png", "sync_offsets.png", "syncnet_offsets.png"]
+    assert all((tmp_path / "plots" / src).stat().st_size > 1000 for src in images)
 
 
 def test_render_with_the_trained_avatar(prepared, tmp_path):
@@ -235,6 +307,163 @@ def test_killed_unet_stage_resumes_from_its_last_checkpoint(prepared):
     assert not state.exists()  # finished: nothing left to resume
 
 
+def _second_version(root: Path) -> list[int]:
+    """Versions of avatar-lieu, training a second one if there is only one."""
+    versions = sorted(int(v) for v in _model_versions(root))
+    if len(versions) < 2:  # run alone: train once more for a second version
+        run(root, sys.executable, "-m", "stages.unet", "lieu")
+        versions = sorted(int(v) for v in _model_versions(root))
+    return versions
+
+
+def test_models_compare_two_evaluated_versions(prepared):
+    root, _ = prepared
+    versions = _second_version(root)
+    # evaluate the newest training (data/models/lieu/unet.pth), as `dvc repro` would
+    run(root, sys.executable, "-m", "stages.evaluate", "lieu")
+    first, newest = str(versions[0]), str(versions[-1])
+    shown = _cli(root, "models", "compare", "lieu", first, newest).stdout
+    lines = shown.splitlines()
+    assert lines[0].split() == ["metric", f"v{first}", f"v{newest}"]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[1:]}
+    for metric in ("psnr", "ssim", "lmd", "lse_c", "lse_d", "sync_offset", "lse_c_ratio"):
+        assert len(rows[metric]) == 2 and "-" not in rows[metric], shown
+    print("\n" + shown)
+    listed = _cli(root, "models", "list", "lieu").stdout
+    row = next(line.split() for line in listed.splitlines()[1:] if line.split()[0] == newest)
+    assert "candidate" in row[1].split(","), listed
+
+
+def _cli(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run(root, sys.executable, "-m", "synctalk.cli", *args, check=check)
+
+
+def _promote_champion(root: Path, version: str) -> None:
+    # forced: these tests are about rendering and serving, not whether a 2-minute
+    # model passes review (tests/test_review.py tests the gate)
+    _cli(root, "models", "promote", "lieu", version, "--force", "--reason", "pipeline test")
+
+
+def test_render_with_a_locked_registry_renders_nothing(prepared, tmp_path):
+    """A locked registry database (another writer holding it) never falls back to a version."""
+    import sqlite3
+
+    root, _ = prepared
+    _promote_champion(root, str(min(int(v) for v in _model_versions(root))))
+    speech = shared_path("data", "audio", "macron_fr_12s.wav")
+    lock = sqlite3.connect(root / "mlflow.db")
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        out = str(tmp_path / "out")
+        proc = _cli(
+            root, "render", "--avatar", "lieu", "--audio", str(speech), "--out", out, check=False
+        )
+    finally:
+        lock.rollback()
+        lock.close()
+    assert proc.returncode == 2
+    assert f"the model registry sqlite:///{root / 'mlflow.db'} is unavailable" in proc.stderr
+    assert "database is locked" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_champion_served_over_http_renders_what_the_cli_renders(prepared, tmp_path):
+    """`mlflow models serve` of models:/avatar-lieu@champion (no network, no installs):
+    a wav POSTed as base64 comes back as the mp4 `synctalk render` makes, pixel for pixel."""
+    import base64
+    import signal
+    import time
+    import urllib.error
+    import urllib.request
+
+    import numpy as np
+
+    from synctalk.media.audio import load_audio
+    from synctalk.media.video import iter_frames
+    from tests.project import free_port
+
+    root, _ = prepared
+    version = str(min(int(v) for v in _model_versions(root)))
+    _promote_champion(root, version)
+    port = free_port()
+    env = dict(
+        os.environ,
+        MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}",
+        SYNCTALK_CACHE_DIR=str(tmp_path / "serving-cache"),  # its own render cache
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    )
+    log_file = open(tmp_path / "serve.log", "w")  # closed in the finally below
+    serve = "models serve -m models:/avatar-lieu@champion --env-manager local -h 127.0.0.1"
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), *serve.split(), "-p", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def post(body: dict) -> tuple[int, dict]:
+        request = urllib.request.Request(
+            f"{url}/invocations",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=600) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(2)
+        assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+
+        speech = shared_path("data", "audio", "macron_fr_12s.wav")
+        audio = base64.b64encode(speech.read_bytes()).decode()
+        status, answer = post({"dataframe_records": [{"audio": audio}]})
+        assert status == 200, answer
+        served = tmp_path / "served.mp4"
+        served.write_bytes(base64.b64decode(answer["predictions"][0]["video"]))
+        picture, sound = _durations(served)
+        audio_s = len(load_audio(speech)) / 16000
+        assert abs(picture - audio_s) <= 0.04 and abs(sound - audio_s) <= 0.04
+        print(f"\nserved mp4: {picture:.3f} s picture, {sound:.3f} s sound, audio {audio_s:.3f} s")
+
+        status, answer = post({"dataframe_records": [{"audio": "not base64!"}]})
+        assert status == 400 and "row 0: audio is not base64" in answer["message"], answer
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+        log_file.close()
+
+    out = tmp_path / "cli"
+    _cli(
+        root,
+        "render",
+        "--avatar",
+        "lieu",
+        "--audio",
+        str(speech),
+        "--model-alias",
+        version,
+        "--out",
+        str(out),
+    )
+    rendered = list(iter_frames(out / "macron_fr_12s.mp4"))
+    served_frames = list(iter_frames(served))
+    assert len(served_frames) == len(rendered)
+    assert all(np.array_equal(a, b) for a, b in zip(served_frames, rendered, strict=True))
+
+
 def _ledger_rows(root: Path) -> list[dict]:
     import pyarrow.parquet as pq
 
@@ -292,12 +521,8 @@ def test_prefect_batch_renders_only_what_changed(prepared, tmp_path):
             return sorted(r["status"] for r in _ledger_rows(root)[since:])
 
         # The batches below render with `champion`: the oldest version now, a newer one later.
-        versions = sorted(int(v) for v in _model_versions(root))
-        if len(versions) < 2:  # run alone: train once more for a second version
-            run(root, sys.executable, "-m", "stages.unet", "lieu")
-            versions = sorted(int(v) for v in _model_versions(root))
-        promote = [sys.executable, "-m", "synctalk.cli", "models", "promote", "lieu"]
-        run(root, *promote, str(versions[0]))
+        versions = _second_version(root)
+        _promote_champion(root, str(versions[0]))
 
         batch("avatar=lieu", f"audio_dir={inbox}")
         first = server.last_flow_run_seconds()
@@ -321,7 +546,7 @@ def test_prefect_batch_renders_only_what_changed(prepared, tmp_path):
             "clip0.wav": "skipped", "clip1.wav": "done", "clip2.wav": "skipped",
         }  # fmt: skip
 
-        run(root, *promote, str(versions[-1]))
+        _promote_champion(root, str(versions[-1]))
         batch("avatar=lieu", f"audio_dir={inbox}")  # a new champion: everything again
         assert statuses(9) == ["done"] * 3
 

@@ -54,6 +54,13 @@ class Evaluation:
     sync: SyncScore  # of the render
     sync_real: SyncScore  # of the real footage, for comparison
     frames: np.ndarray  # indices of the held-out frames
+    # What a reviewer looks at (synctalk.evaluate.review): the held-out frames,
+    # real and with the rendered mouth pasted in (uint8 [H, W, 3] BGR each), and
+    # their model-size crops (uint8 [n, S, S, 3] BGR).
+    real_frames: list[np.ndarray]
+    rendered_frames: list[np.ndarray]
+    real_crops: np.ndarray
+    rendered_crops: np.ndarray
 
 
 def _predict(unet: UNet, data: AvatarFrames, frames: np.ndarray, device, batch: int = 16):
@@ -179,7 +186,21 @@ def evaluate_avatar(
         **sync.as_metrics(),
         "lse_d_real": sync_real.min_distance,
         "lse_c_real": sync_real.confidence,
+        # how much of the real footage's sync confidence the render keeps
+        "lse_c_ratio": (
+            sync.confidence / sync_real.confidence if sync_real.confidence > 0 else float("nan")
+        ),
         "frames": int(len(frames)),
     }
     log.info("evaluation of %s: %s", paths.name, metrics)
-    return Evaluation(metrics, frame_psnr, sync, sync_real, frames)
+    return Evaluation(
+        metrics,
+        frame_psnr,
+        sync,
+        sync_real,
+        frames,
+        real_frames=originals,
+        rendered_frames=rendered,
+        real_crops=real8,
+        rendered_crops=pred8,
+    )

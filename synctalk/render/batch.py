@@ -19,13 +19,10 @@ from pathlib import Path
 
 from synctalk.config import Config
 from synctalk.device import resolve_device
-from synctalk.features.frontend import load_front_end
 from synctalk.hashing import file_sha256
-from synctalk.models.checkpoint import load_unet
 from synctalk.paths import AvatarPaths
 from synctalk.registry import ModelFiles, fetch_model, model_name
-from synctalk.render.avatar import prepare_render_avatar
-from synctalk.render.engine import load_runtime, render_video
+from synctalk.render.engine import LoadedModel, load_for_rendering, render_video
 from synctalk.render.ledger import RenderLedger, RenderRecord, render_key
 
 log = logging.getLogger(__name__)
@@ -80,18 +77,15 @@ class AvatarRenderer:
         self.cache = root / "data" / "cache"
         self.model: ModelFiles = fetch_model(avatar, model_alias, self.cache / "models")
         self.weights_sha256 = file_sha256(self.model.unet)
-        self._loaded = None
+        self._loaded: LoadedModel | None = None
         self._lock = threading.Lock()
 
-    def _load(self):
+    def _load(self) -> LoadedModel:
         with self._lock:
             if self._loaded is None:
-                unet = load_unet(self.model.unet)
-                avatar = prepare_render_avatar(self.paths, unet.spec.geometry, self.cache)
-                runtime = load_runtime(unet, self.params, self.device, self.cache / "onnx",
-                                       checkpoint_sha256=self.weights_sha256)  # fmt: skip
-                front_end = load_front_end(self.model.audio_encoder, device=self.device)
-                self._loaded = (avatar, runtime, front_end)
+                self._loaded = load_for_rendering(self.paths, self.model.unet,
+                                                  self.model.audio_encoder, self.params,
+                                                  self.device, self.cache)  # fmt: skip
                 log.info("rendering %s with %s version %s", self.paths.name,
                          model_name(self.paths.name), self.model.version)  # fmt: skip
             return self._loaded
@@ -103,10 +97,9 @@ class AvatarRenderer:
     def render(self, audio: Path, output: Path) -> FileOutcome:
         started = time.perf_counter()
         try:
-            avatar, runtime, front_end = self._load()
-            result = render_video(
-                avatar, runtime, front_end, audio, output, self.params, self.device
-            )
+            loaded = self._load()
+            result = render_video(loaded.avatar, loaded.runtime, loaded.front_end, audio, output,
+                                  self.params, self.device)  # fmt: skip
         except Exception as exc:  # one bad file must not stop the batch
             log.error("%s: %s", audio, exc)
             return FileOutcome(audio, output, "failed", str(exc),
@@ -140,7 +133,7 @@ class AvatarRenderer:
 
     def close(self) -> None:
         if self._loaded is not None:
-            self._loaded[0].close()
+            self._loaded.close()
 
 
 def render_batch(

@@ -54,19 +54,28 @@ import torch
 from synctalk.atomic import atomic_path
 from synctalk.config import FPS, SAMPLE_RATE, RenderParams
 from synctalk.device import resolve_device
-from synctalk.features.frontend import AudioFrontEnd
+from synctalk.features.frontend import AudioFrontEnd, load_front_end
 from synctalk.features.windows import feature_window
+from synctalk.hashing import file_sha256
 from synctalk.media.audio import load_audio
 from synctalk.media.ffmpeg import ffmpeg_exe, ffmpeg_input
+from synctalk.models.checkpoint import load_unet
 from synctalk.models.unet import UNet, UNetSpec, make_unet_input
+from synctalk.paths import AvatarPaths
 from synctalk.progress import progress
-from synctalk.render.avatar import RenderAvatar, RenderError, background_schedule
+from synctalk.render.avatar import (
+    RenderAvatar,
+    RenderError,
+    background_schedule,
+    prepare_render_avatar,
+)
 from synctalk.render.compositor import Compositor
 from synctalk.render.onnx import OPSET, OnnxUNet, export_unet
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RenderError", "RenderResult", "load_runtime", "render_video"]
+__all__ = ["LoadedModel", "Mp4Encoder", "RenderError", "RenderResult", "load_for_rendering",
+           "load_runtime", "render_video"]  # fmt: skip
 
 MIN_AUDIO_S = 0.2  # one mel window: less cannot be encoded
 SILENCE_DBFS = -60.0  # RMS below this (re full scale 1.0) is silence, not speech
@@ -91,6 +100,40 @@ class RenderResult:
 
 # --------------------------------------------------------------------------
 # runtimes
+
+
+@dataclass
+class LoadedModel:
+    """What `render_video` needs of an avatar and a model version, loaded once per batch."""
+
+    avatar: RenderAvatar
+    runtime: UNet | OnnxUNet
+    front_end: AudioFrontEnd
+
+    def close(self) -> None:
+        self.avatar.close()
+
+
+def load_for_rendering(
+    footage: AvatarPaths,
+    unet: Path,
+    audio_encoder: Path,
+    params: RenderParams,
+    device: str | torch.device,
+    cache_root: Path,
+) -> LoadedModel:
+    """Load a U-Net and its audio front-end and prepare the avatar's render cache.
+
+    `footage` locates the extract and landmarks stages' outputs (a project's,
+    or the copy a registered model carries); the render cache and the ONNX
+    export go under `cache_root`.
+    """
+    model = load_unet(unet)
+    avatar = prepare_render_avatar(footage, model.spec.geometry, cache_root)
+    runtime = load_runtime(model, params, device, cache_root / "onnx",
+                           checkpoint_sha256=file_sha256(unet))  # fmt: skip
+    front_end = load_front_end(audio_encoder, device=resolve_device(device))
+    return LoadedModel(avatar, runtime, front_end)
 
 
 def load_runtime(
@@ -394,7 +437,10 @@ def render_video(
         # Past the last feature, the last frame's window (see the module docstring).
         return feature_window(features, min(i, len(features) - 1), runner.audio_shape)
 
-    with atomic_path(out_path) as tmp, _Encoder(tmp, avatar.frame_size, audio_path, params) as sink:
+    with (
+        atomic_path(out_path) as tmp,
+        Mp4Encoder(tmp, avatar.frame_size, audio_path, params) as sink,
+    ):
         stages = _run_pipeline(
             avatar, runner, schedule, window, compositor, sink, params.queue_frames
         )
@@ -418,7 +464,7 @@ def render_video(
     return result
 
 
-class _Encoder:
+class Mp4Encoder:
     """ffmpeg reading raw BGR frames on stdin, muxing the audio file's sound, writing mp4.
 
     stderr goes to a temporary file, not a pipe nobody reads (ffmpeg would
@@ -442,7 +488,7 @@ class _Encoder:
         self.stderr = tempfile.TemporaryFile()
         self.proc: subprocess.Popen | None = None
 
-    def __enter__(self) -> _Encoder:
+    def __enter__(self) -> Mp4Encoder:
         self.proc = subprocess.Popen(
             self.cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self.stderr
         )
@@ -562,7 +608,7 @@ def _run_pipeline(
     schedule: np.ndarray,
     window: Callable[[int], np.ndarray],
     compositor: Compositor,
-    sink: _Encoder,
+    sink: Mp4Encoder,
     queue_frames: int,
 ) -> dict[str, float]:
     """Run the three workers to the end; returns their busy seconds (see RenderResult)."""

@@ -120,9 +120,9 @@ def train_unet(name: str, config: Config, paths: AvatarPaths) -> TrainResult:
                            train_settings(preset.unet), inputs,
                            paths.unet) as (history, metrics, fingerprint, tmp):  # fmt: skip
         mlflow.log_artifact(str(write_image(tmp / "validation_grid.png", task.sample_grid(device))))
-        version = register_avatar_model(
-            name, paths.unet, paths.audio_encoder, paths.syncnet,
-            {**_params(config, name), "inputs_md5": fingerprint, "metrics": metrics},
-            tmp,
-        )  # fmt: skip
+        # the render settings too: the served model renders as `synctalk render` did then
+        recorded = {**_params(config, name), "render": asdict(config.render)}
+        recorded.update(inputs_md5=fingerprint, metrics=metrics)
+        render_cache = paths.root / "data" / "cache"
+        version = register_avatar_model(paths, recorded, tmp / "model", render_cache)
     return TrainResult(history, metrics, version)
