@@ -22,13 +22,14 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from synctalk.config import load_config
-from synctalk.render.batch import AvatarRenderer, audio_files
+from synctalk.paths import renders_ledger
+from synctalk.render.batch import AvatarRenderer, audio_files, check_writable, output_paths
 from synctalk.render.ledger import RenderLedger, RenderRecord
 from synctalk.tracking import apply_offline_env, tracking_uri
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = load_config(ROOT / "params.yaml").nightly
-LEDGER = ROOT / "data" / "renders" / "renders.parquet"
+LEDGER = renders_ledger(ROOT)
 
 
 @task(cache_policy=NO_CACHE, task_run_name="render {audio.name}")
@@ -51,12 +52,16 @@ def render(
     config = load_config(ROOT / "params.yaml")
     source = Path(audio_dir) if Path(audio_dir).is_absolute() else ROOT / audio_dir
     out = Path(output_dir) if output_dir else ROOT / "data" / "renders" / avatar
-    files = audio_files(source, glob)
+    files = [f.absolute() for f in audio_files(source, glob)]
+    outputs = output_paths(files, out)
+    check_writable(out)
+    RenderLedger(LEDGER).check()
     renderer = AvatarRenderer(config, avatar, model_alias, ROOT)
+    renderer.sweep(out)
     logger.info("%d audio files, avatar-%s version %s", len(files), avatar,
                 renderer.model.version)  # fmt: skip
     try:
-        futures = [render_file.submit(renderer, f, out / f"{f.stem}.mp4") for f in files]
+        futures = [render_file.submit(renderer, f, outputs[f]) for f in files]
         records = [future.result() for future in futures]
     finally:
         renderer.close()

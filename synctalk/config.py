@@ -14,6 +14,7 @@ Two kinds of settings live here:
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -139,6 +140,14 @@ class ModelPreset:
         return resolution(self.resolution)
 
 
+# An avatar's name becomes folder names, DVC stage names and the MLflow model's name.
+AVATAR_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+AVATAR_NAME_RULE = (
+    "an avatar name is 1-64 lower-case letters, digits, '-' and '_', starting with a letter or "
+    "digit (it names folders, DVC stages and the MLflow model)"
+)
+
+
 @dataclass(frozen=True)
 class AvatarConfig:
     video: str
@@ -213,6 +222,8 @@ class Config:
 
     def __post_init__(self) -> None:
         for name, avatar in self.avatars.items():
+            if not AVATAR_NAME.fullmatch(name):
+                raise ConfigError(f"avatars.{name!r}: {AVATAR_NAME_RULE}")
             if avatar.preset not in self.presets:
                 raise ConfigError(
                     f"avatars.{name}.preset: unknown preset {avatar.preset!r}; "

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from synctalk.models.checkpoint import file_sha256
-from synctalk.tracking import apply_offline_env
+from synctalk.tracking import TrackingStoreError, apply_offline_env, check_tracking_store
 
 log = logging.getLogger(__name__)
 
@@ -123,27 +123,44 @@ class ModelFiles:
 
 
 def resolve_version(avatar: str, alias_or_version: str | None = None) -> Any:
-    """The ModelVersion to use: the given alias or number, else champion, else newest."""
-    client = _client()
+    """The ModelVersion to use: the given alias or number, else champion, else newest.
+
+    Each way this can fail says what is wrong: the store cannot be reached
+    (with its URI), the avatar has no model yet, or it has no such alias or
+    version (listing those it has)."""
     name = model_name(avatar)
+    uri = _tracking_uri()
+    check_tracking_store(uri)
+    client = _client()
     try:
-        if alias_or_version and not alias_or_version.isdigit():
-            return client.get_model_version_by_alias(name, alias_or_version)
-        if alias_or_version:
-            return client.get_model_version(name, alias_or_version)
-        try:
-            return client.get_model_version_by_alias(name, CHAMPION)
-        except Exception:  # no champion yet: the newest version
-            versions = client.search_model_versions(f"name='{name}'")
-            if not versions:
-                raise
-            return max(versions, key=lambda v: int(v.version))
-    except Exception as exc:
-        wanted = alias_or_version or "any version"
+        versions = client.search_model_versions(f"name='{name}'")
+        aliases = dict(client.get_registered_model(name).aliases) if versions else {}
+    except Exception as exc:  # a damaged database, a server error...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrackingStoreError(f"cannot read the MLflow registry at {uri}: {first}") from exc
+    if not versions:
         raise ModelNotFoundError(
-            f"no model {name} ({wanted}) in the registry at {_tracking_uri()}: train the avatar "
-            f"first (dvc repro unet@{avatar}) or check `synctalk models list {avatar}`"
-        ) from exc
+            f"no model {name} in the registry at {uri}: train the avatar first "
+            f"(dvc repro unet@{avatar})"
+        )
+    by_number = {str(v.version): v for v in versions}
+    numbers = ", ".join(sorted(by_number, key=int))
+    if alias_or_version is None:
+        if CHAMPION in aliases:
+            return client.get_model_version(name, str(aliases[CHAMPION]))
+        return max(versions, key=lambda v: int(v.version))
+    if alias_or_version.isdigit():
+        if alias_or_version not in by_number:
+            raise ModelNotFoundError(
+                f"{name} has no version {alias_or_version} (versions: {numbers})"
+            )
+        return client.get_model_version(name, alias_or_version)
+    if alias_or_version not in aliases:
+        known = ", ".join(f"@{a} = version {v}" for a, v in sorted(aliases.items())) or "none"
+        raise ModelNotFoundError(
+            f"{name} has no alias {alias_or_version!r} (aliases: {known}; versions: {numbers})"
+        )
+    return client.get_model_version(name, str(aliases[alias_or_version]))
 
 
 def _tracking_uri() -> str:

@@ -122,3 +122,31 @@ class PrefectServer:
             self.proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+# Training cut to a few steps: models that render (badly) and register, in about a minute.
+FEW_STEPS = {"epochs": 2, "steps_per_epoch": 3, "batch_size": 4, "checkpoint_every": 2}
+
+
+def make_avatar_project(tmp: Path, video: Path, name: str = "may") -> Path:
+    """A project whose avatar `name` went through `dvc repro unet@<name>` with the tiny
+    preset cut to a few training steps, and a random AVE encoder standing in for the
+    official weights (copied, not trained): version 1 of avatar-<name> is registered."""
+    import torch
+
+    from synctalk.features.ave import save_encoder
+    from synctalk.models import AudioEncoder
+
+    root = make_project(tmp)
+    torch.manual_seed(0)
+    save_encoder(AudioEncoder(), root / "models" / "ave" / "audio_visual_encoder.pth")
+    yaml = YAML()
+    data = yaml.load((root / "params.yaml").read_text())
+    for model in ("syncnet", "unet"):
+        data["presets"]["tiny"][model].update(FEW_STEPS)
+    with open(root / "params.yaml", "w") as f:
+        yaml.dump(data, f)
+    add = ["avatar", "add", name, str(video), "--preset", "tiny"]
+    run(root, sys.executable, "-m", "synctalk.cli", *add)
+    run(root, "dvc", "repro", f"unet@{name}")
+    return root

@@ -169,7 +169,7 @@ def test_render_with_the_trained_avatar(prepared, tmp_path):
 
     missing = run(root, sys.executable, "-m", "synctalk.cli", "render", "--avatar", "lieu",
                   "--audio", str(speech), "--model-alias", "7", check=False)  # fmt: skip
-    assert missing.returncode == 2 and "avatar-lieu (7)" in missing.stderr
+    assert missing.returncode == 2 and "avatar-lieu has no version 7" in missing.stderr
 
 
 def test_second_repro_does_nothing(prepared):

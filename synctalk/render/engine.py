@@ -67,12 +67,16 @@ from synctalk.render.onnx import OPSET, OnnxUNet, export_unet
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RenderError", "RenderResult", "load_runtime", "render_video"]
+__all__ = ["EncodeError", "RenderError", "RenderResult", "load_runtime", "render_video"]
 
 MIN_AUDIO_S = 0.2  # one mel window: less cannot be encoded
 SILENCE_DBFS = -60.0  # RMS below this (re full scale 1.0) is silence, not speech
 AUDIO_BITRATE = "192k"
 _POLL_S = 0.1  # how often blocked queue operations look for a stop request
+
+
+class EncodeError(RenderError):
+    """ffmpeg failed to write the video (a full disk, say): not the input's fault."""
 
 
 @dataclass(frozen=True)
@@ -394,7 +398,10 @@ def render_video(
         # Past the last feature, the last frame's window (see the module docstring).
         return feature_window(features, min(i, len(features) - 1), runner.audio_shape)
 
-    with atomic_path(out_path) as tmp, _Encoder(tmp, avatar.frame_size, audio_path, params) as sink:
+    with (
+        atomic_path(out_path) as tmp,
+        _Encoder(tmp, avatar.frame_size, audio_path, params, out_path) as sink,
+    ):
         stages = _run_pipeline(
             avatar, runner, schedule, window, compositor, sink, params.queue_frames
         )
@@ -425,9 +432,11 @@ class _Encoder:
     block on a full one). Leaving the context without `finish` kills ffmpeg.
     """
 
-    def __init__(self, out: Path, frame_size: tuple[int, int], audio: Path, params: RenderParams):
+    def __init__(
+        self, out: Path, frame_size: tuple[int, int], audio: Path, params: RenderParams, name: Path
+    ):
         h, w = frame_size
-        self.out = out
+        self.out = name  # what errors call the file: the final name, not the temporary one
         self.frame_bytes = h * w * 3
         cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-nostats", "-y"]
         cmd += ["-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{w}x{h}", "-framerate", str(FPS)]
@@ -455,7 +464,7 @@ class _Encoder:
         try:
             self.proc.stdin.write(memoryview(frame).cast("B"))
         except (BrokenPipeError, ValueError):
-            raise RenderError(f"ffmpeg stopped while encoding {self.out}: {self.error()}") from None
+            raise EncodeError(f"ffmpeg stopped while encoding {self.out}: {self.error()}") from None
 
     def finish(self) -> None:
         """Close stdin, wait for ffmpeg, raise RenderError if it failed."""
@@ -465,7 +474,7 @@ class _Encoder:
         except BrokenPipeError:
             pass
         if self.proc.wait() != 0:
-            raise RenderError(f"ffmpeg could not encode {self.out}: {self.error()}")
+            raise EncodeError(f"ffmpeg could not encode {self.out}: {self.error()}")
 
     def error(self) -> str:
         if self.proc is not None and self.proc.poll() is None:
