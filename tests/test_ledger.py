@@ -299,3 +299,27 @@ def test_the_render_key_changes_with_each_input():
     assert render_key("avatar-bob", "1", "weights", "audio", RenderParams(crf=20)) != key
     # speed settings do not change pixels
     assert render_key("avatar-bob", "1", "weights", "audio", RenderParams(batch_size=2)) == key
+
+
+def test_bad_input_is_told_from_transient_faults():
+    import errno
+
+    from synctalk.media.audio import AudioError
+    from synctalk.media.ffmpeg import MediaError
+    from synctalk.render.avatar import RenderError
+    from synctalk.render.batch import is_bad_input
+    from synctalk.render.engine import EncodeError
+
+    for bad in (
+        AudioError("x.wav: cannot decode"),
+        MediaError("x"),
+        RenderError("silent"),
+        FileNotFoundError("x.wav"),
+    ):
+        assert is_bad_input(bad), bad
+    for transient in (
+        EncodeError("ffmpeg: No space left on device"),
+        OSError(errno.ENOSPC, "No space left on device"),
+        RuntimeError("oom"),
+    ):
+        assert not is_bad_input(transient), transient

@@ -270,7 +270,7 @@ class RenderLedger:
             return report
         sweep_stale_temps([self.path])
         damaged: list[tuple[Path, str]] = []
-        ids: set[str] = set()
+        ids: list[pa.ChunkedArray] = []
         for path in self._data_files():
             try:
                 table = pq.read_table(path, schema=RENDERS_SCHEMA)
@@ -279,7 +279,7 @@ class RenderLedger:
             except Exception as exc:  # noqa: BLE001 - any damage
                 damaged.append((path, str(exc).splitlines()[0] if str(exc) else repr(exc)))
                 continue
-            ids.update(table.column("record_id").to_pylist())
+            ids.append(table.column("record_id"))
         if damaged:
             aside = self.path.with_name(f"{self.path.name}.corrupt-{_stamp()}")
             aside.mkdir(parents=True, exist_ok=True)
@@ -290,7 +290,11 @@ class RenderLedger:
                     continue
                 report.set_aside.append(aside / path.name)
                 log.error("%s: damaged ledger file (%s); set aside in %s", path, problem, aside)
-        report.recovered = self._restore_from_index(ids, rebuild=not self.index.is_dir())
+        if not self.index.is_dir():  # a converted ledger: index its done records
+            self._rebuild_index()
+        elif damaged:  # the done records the damaged files held are in the index
+            known = {i for column in ids for i in column.to_pylist()}
+            report.recovered = self._restore_from_index(known)
         if report.recovered:
             log.warning(
                 "restored %d done record(s) of %s from its index", report.recovered, self.path
@@ -298,12 +302,8 @@ class RenderLedger:
         report.merged = self.compact()
         return report
 
-    def _restore_from_index(self, known_ids: set[str], rebuild: bool) -> int:
-        """Done records the index holds but no readable file does: append them again.
-        Without an index (a converted ledger), build it from the done records."""
-        if rebuild:
-            self._rebuild_index()
-            return 0
+    def _restore_from_index(self, known_ids: set[str]) -> int:
+        """Done records the index holds but no readable file does: append them again."""
         lost = []
         for entry_path in self.index.glob("*/*.json"):
             try:
@@ -320,6 +320,7 @@ class RenderLedger:
         return len(lost)
 
     def _rebuild_index(self) -> None:
+        self.index.mkdir(parents=True, exist_ok=True)
         done = self.read().filter(pc.equal(pc.field("status"), "done"))
         for row in done.to_pylist():  # oldest first: the latest of each (key, output) wins
             record = RenderRecord.from_row(row)
