@@ -4,10 +4,11 @@
 
 No input and no downloads: the avatar is a public-domain portrait shipped by
 scikit-image, animated to speak sentences synthesised by eSpeak NG. It goes
-through the real pipeline with the `tiny` preset: `dvc repro evaluate@demo`
-(extract, landmarks, AVE encoder, SyncNet, U-Net, evaluation), then the
-`render` flow renders two new sentences from data/inbox (the nightly batch's
-default folder). Finally it measures whether the rendered mouth follows the
+through the real pipeline with the `tiny` preset: the `train` flow runs its
+stages up to evaluate@demo (extract, landmarks, AVE encoder, SyncNet, U-Net,
+evaluation) one task each, their output streamed as they go; then the
+`render` flow renders two new sentences from data/inbox/demo/ (the avatar's
+inbox, which the nightly run reads). Finally it measures whether the rendered mouth follows the
 audio: the correlation between the mouth opening (face landmarks of the
 rendered video) and the loudness of the driving audio, next to the same
 measure for a render by an untrained model.
@@ -70,11 +71,10 @@ def run_demo() -> dict[str, object]:
             add_avatar(AVATAR, video, "tiny", ROOT / "params.yaml", ROOT)
         log.info("demo avatar added: %s", paths.avatar_dir)
 
-    metrics = train(avatar=AVATAR)  # dvc repro evaluate@demo
-    inbox = ROOT / config.nightly.audio_dir
-    sentences = make_demo_audio(inbox)
-    counts = render(avatar=AVATAR, audio_dir=str(inbox))
-    out = ROOT / "data" / "renders" / AVATAR
+    metrics = train(avatar=AVATAR)  # its stages up to evaluate@demo, output streamed
+    sentences = make_demo_audio(paths.inbox)  # what the nightly run would render
+    counts = render(avatar=AVATAR)  # the avatar's inbox, into its renders folder
+    out = paths.renders
     videos = [out / f"{s.stem}.mp4" for s in sentences]
 
     trained_r = [lip_sync_check(v).correlation for v in videos]

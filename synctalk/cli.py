@@ -152,6 +152,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    """Register the deployments on a Prefect work pool (created if missing)."""
+    from flows.deploy import deploy
+
+    for name in deploy(args.pool):
+        print(f"deployed {name} to work pool {args.pool}")
+    print(f"start workers where renders should run: prefect worker start --pool {args.pool}")
+    return 0
+
+
 def _use_tracking(args: argparse.Namespace) -> None:
     import mlflow
 
@@ -284,11 +294,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser(
         "serve",
-        help="serve the Prefect deployments render/batch (nightly) and train/avatar",
+        help="serve the Prefect deployments (nightly, render/batch, train/avatar) here",
         description="Register and run the deployments against $PREFECT_API_URL (start a "
-        "local server with `prefect server start`). Stays up; Ctrl-C stops it.",
+        "local server with `prefect server start`), in this process: nightly/nightly on "
+        "its schedule, render/batch and train/avatar when asked. Stays up; Ctrl-C stops it.",
     )
     serve.set_defaults(func=_cmd_serve)
+
+    deploy = sub.add_parser(
+        "deploy",
+        help="register the deployments on a Prefect work pool, for workers on many machines",
+        description="Register nightly/nightly, render/batch, render-file/file and "
+        "train/avatar on work pool POOL at $PREFECT_API_URL (a process pool is created if "
+        "missing). Batches then run one render-file run per audio file, which any worker "
+        "of the pool picks up: `prefect worker start --pool POOL` on each machine, in a "
+        "checkout of the project at the same path.",
+    )
+    deploy.add_argument("--pool", required=True, help="work pool name")
+    deploy.set_defaults(func=_cmd_deploy)
 
     models = sub.add_parser(
         "models",

@@ -199,13 +199,17 @@ class RenderParams:
 
 @dataclass(frozen=True)
 class NightlyParams:
-    """The scheduled batch render: every parameter has a default, as a cron run needs."""
+    """The scheduled renders: every avatar's inbox (data/inbox/<avatar>/), every night.
 
-    avatar: str = "demo"
-    audio_dir: str = "data/inbox"
+    Every parameter has a default, as a scheduled run needs."""
+
     glob: str = "*"
-    cron: str = "0 2 * * *"  # every night at 02:00 (the server's time zone)
+    cron: str = "0 2 * * *"  # every night at 02:00...
+    timezone: str = "UTC"  # ...in this time zone (an IANA name: Europe/Paris)
     max_parallel: int = 1  # audio files rendered at once (a CPU render uses both cores)
+    retries: int = 2  # a file that failed for a transient reason (disk full, worker lost)
+    retry_delay_s: int = 60
+    file_timeout_s: int = 3600  # one file's run on a work pool (retries included)
 
 
 @dataclass(frozen=True)

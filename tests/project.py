@@ -137,6 +137,14 @@ def make_avatar_project(tmp: Path, video: Path, name: str = "may") -> Path:
     from synctalk.features.ave import save_encoder
     from synctalk.models import AudioEncoder
 
+    reuse = os.environ.get("SYNCTALK_REUSE_AVATAR_PROJECT")  # debugging: a copy of one made before
+    if reuse:
+        root = tmp / "project"
+        shutil.copytree(reuse, root, symlinks=True)
+        for name in ("synctalk", "flows", "stages"):  # with today's code
+            shutil.rmtree(root / name)
+            shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        return root
     root = make_project(tmp)
     torch.manual_seed(0)
     save_encoder(AudioEncoder(), root / "models" / "ave" / "audio_visual_encoder.pth")

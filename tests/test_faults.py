@@ -144,12 +144,7 @@ def _ffmpeg(*args: str) -> None:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Project:
     video = shared_path("data", "videos", "may_5s.mp4")
-    reuse = os.environ.get("SYNCTALK_FAULTS_PROJECT")  # for debugging: a copy of one made before
-    if reuse:
-        root = tmp_path_factory.mktemp("faults") / "project"
-        shutil.copytree(reuse, root, symlinks=True)
-    else:
-        root = make_avatar_project(tmp_path_factory.mktemp("faults"), video, AVATAR)
+    root = make_avatar_project(tmp_path_factory.mktemp("faults"), video, AVATAR)
     run(root, sys.executable, "-m", "synctalk.cli", "models", "promote", AVATAR, "1")
     # A SyncNet epoch long enough to be killed in the middle of.
     yaml = YAML()

@@ -33,6 +33,7 @@ written under a temporary name and renamed when complete).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import ctypes
 import gc
 import hashlib
@@ -560,7 +561,12 @@ class _Pipeline:
                     self.errors.append(exc)
                 self.stop.set()
 
-        thread = threading.Thread(target=run, name=f"render-{name}", daemon=True)
+        # In a copy of the caller's context: whatever it carries (a workflow run's
+        # context, for its log handlers) holds in the workers too.
+        context = contextvars.copy_context()
+        thread = threading.Thread(
+            target=context.run, args=(run,), name=f"render-{name}", daemon=True
+        )
         thread.start()
         return thread
 
