@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -57,8 +58,9 @@ def check_tracking_store(uri: str, timeout_s: float = 5.0) -> None:
     try:
         socket.create_connection((parsed.hostname, port), timeout=timeout_s).close()
     except OSError as exc:
+        shown = re.sub(r"//([^:/@]+):[^@/]+@", r"//\1:***@", uri)  # no password in logs
         raise TrackingStoreError(
-            f"cannot reach the MLflow tracking server at {uri}: {exc.strerror or exc} "
+            f"cannot reach the MLflow tracking server at {shown}: {exc.strerror or exc} "
             "(start it, or set MLFLOW_TRACKING_URI)"
         ) from None
 

@@ -39,7 +39,7 @@ from ruamel.yaml import YAML
 from synctalk.media.ffmpeg import run_ffmpeg
 from synctalk.media.video import probe_video
 from tests.conftest import shared_path
-from tests.project import free_port, make_avatar_project, run
+from tests.project import free_port, make_avatar_project
 
 pytestmark = pytest.mark.slow
 
@@ -145,7 +145,6 @@ def _ffmpeg(*args: str) -> None:
 def project(tmp_path_factory) -> Project:
     video = shared_path("data", "videos", "may_5s.mp4")
     root = make_avatar_project(tmp_path_factory.mktemp("faults"), video, AVATAR)
-    run(root, sys.executable, "-m", "synctalk.cli", "models", "promote", AVATAR, "1")
     # A SyncNet epoch long enough to be killed in the middle of.
     yaml = YAML()
     params = yaml.load((root / "params.yaml").read_text())
