@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test lint demo bench clean
+.PHONY: setup test lint demo bench bench-ledger clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,11 @@ bench: setup
 	$(PY) benchmarks/prepare.py
 	$(PY) benchmarks/render.py
 	$(PY) benchmarks/render.py --long-audio-minutes 10
+	$(PY) benchmarks/ledger.py
+
+# The renders ledger at 100,000 records: one append and one lookup, target < 20 ms each.
+bench-ledger: setup
+	$(PY) benchmarks/ledger.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

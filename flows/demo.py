@@ -4,11 +4,12 @@
 
 No input and no downloads: the avatar is a public-domain portrait shipped by
 scikit-image, animated to speak sentences synthesised by eSpeak NG. It goes
-through the real pipeline with the `tiny` preset: `dvc repro evaluate@demo`
-(extract, landmarks, audio features, SyncNet, U-Net, evaluation), then the
-`render` flow renders two new sentences from data/inbox (the nightly batch's
-default folder) with the new `@candidate` (the nightly batch itself renders
-only a reviewed `@champion`). Finally it measures whether the rendered mouth follows the
+through the real pipeline with the `tiny` preset: the `train` flow runs its
+stages up to evaluate@demo (extract, landmarks, audio features, SyncNet,
+U-Net, evaluation) one task each, their output streamed as they go; then the
+`render` flow renders two new sentences from data/inbox/demo/ (the avatar's
+inbox) with the new `@candidate` (the nightly run itself renders only a
+reviewed `@champion`). Finally it measures whether the rendered mouth follows the
 audio: the correlation between the mouth opening (face landmarks of the
 rendered video) and the loudness of the driving audio, next to the same
 measure for a render by an untrained model.
@@ -71,12 +72,11 @@ def run_demo() -> dict[str, object]:
             add_avatar(AVATAR, video, "tiny", ROOT / "params.yaml", ROOT)
         log.info("demo avatar added: %s", paths.avatar_dir)
 
-    metrics = train(avatar=AVATAR)  # dvc repro evaluate@demo
-    inbox = ROOT / config.nightly.audio_dir
-    sentences = make_demo_audio(inbox)
+    metrics = train(avatar=AVATAR)  # its stages up to evaluate@demo, output streamed
+    sentences = make_demo_audio(paths.inbox)  # what the nightly run would render
     # the version just evaluated: nobody has reviewed and promoted it to @champion yet
-    counts = render(avatar=AVATAR, audio_dir=str(inbox), model_alias="candidate")
-    out = ROOT / "data" / "renders" / AVATAR
+    counts = render(avatar=AVATAR, model_alias="candidate")  # its inbox, into its renders
+    out = paths.renders
     videos = [out / f"{s.stem}.mp4" for s in sentences]
 
     trained_r = [lip_sync_check(v).correlation for v in videos]

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from synctalk.atomic import atomic_path
+from synctalk.atomic import atomic_path, sweep_stale_temps
 from synctalk.config import Config, ConfigError, load_config
 from synctalk.paths import AvatarPaths
 
@@ -20,6 +20,12 @@ def write_json(path: Path, data) -> None:
     """Metrics or plot data for DVC, written atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2))
+
+
+def sweep_avatar(paths: AvatarPaths) -> None:
+    """Remove the temporary files and folders killed stages of this avatar left behind."""
+    sweep_stale_temps([paths.work, paths.models, paths.avatar_dir])
+    sweep_stale_temps([paths.training_states, Path("eval") / paths.name], recursive=True)
 
 
 def run_stage(
@@ -41,7 +47,9 @@ def run_stage(
             raise ConfigError(
                 f"unknown avatar {args.avatar!r}; {args.params} lists {sorted(config.avatars)}"
             )
-        body(args.avatar, config, AvatarPaths(args.avatar, Path(".")))
+        paths = AvatarPaths(args.avatar, Path("."))
+        sweep_avatar(paths)
+        body(args.avatar, config, paths)
     except Exception as exc:  # one readable line for DVC's log, the trace at debug level
         log.debug("stage %s failed", name, exc_info=True)
         log.error("%s@%s failed: %s", name, args.avatar, exc)

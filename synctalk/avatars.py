@@ -7,19 +7,16 @@ long enough), so a bad file never gets as far as `dvc repro`.
 
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
-from synctalk.atomic import atomic_path
-from synctalk.config import ConfigError, config_from_dict
+from synctalk.atomic import atomic_path, sweep_stale_temps
+from synctalk.config import AVATAR_NAME, AVATAR_NAME_RULE, ConfigError, config_from_dict
 from synctalk.media.extract import validate_source
 from synctalk.paths import AvatarPaths
-
-NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
 def add_avatar(
@@ -31,11 +28,11 @@ def add_avatar(
     force: bool = False,
 ) -> Path:
     """Copy `video` to data/avatars/<name>/source.<ext> and add it to params.yaml."""
-    if not NAME.match(name):
-        raise ConfigError(
-            f"avatar name {name!r}: use lower-case letters, digits, '-' and '_' (it names "
-            "folders, DVC stages and the MLflow model)"
-        )
+    # fullmatch: `$` would let a name end in a newline
+    if not AVATAR_NAME.fullmatch(name):
+        raise ConfigError(f"avatar name {name!r}: {AVATAR_NAME_RULE}")
+    target_dir = AvatarPaths(name, root).avatar_dir
+    sweep_stale_temps([params_path.parent, target_dir])  # what a killed `avatar add` left
     yaml = YAML()
     yaml.preserve_quotes = True
     data = yaml.load(params_path.read_text()) if params_path.exists() else CommentedMap()
@@ -51,7 +48,7 @@ def add_avatar(
     video = Path(video)
     validate_source(video, config.extract)
 
-    target = AvatarPaths(name, root).avatar_dir / f"source{video.suffix.lower() or '.mp4'}"
+    target = target_dir / f"source{video.suffix.lower() or '.mp4'}"
     with atomic_path(target) as tmp:
         shutil.copyfile(video, tmp)
 

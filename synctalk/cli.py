@@ -67,6 +67,7 @@ def _cmd_avatar_add(args: argparse.Namespace) -> int:
 def _cmd_render(args: argparse.Namespace) -> int:
     """Render an avatar saying one audio file or every audio file in a folder."""
     from synctalk.config import load_config
+    from synctalk.paths import AvatarPaths
     from synctalk.render.batch import render_batch
 
     _use_tracking(args)
@@ -75,15 +76,51 @@ def _cmd_render(args: argparse.Namespace) -> int:
         from dataclasses import replace
 
         config = replace(config, device=args.device)
-    out = Path(args.out) if args.out else Path("data") / "renders" / args.avatar
-    outcomes = render_batch(config, args.avatar, Path(args.audio), out, args.model_alias,
-                            args.glob)  # fmt: skip
-    for o in outcomes:
-        detail = f"{o.frames} frames, {o.seconds:.1f} s" if o.status == "done" else o.error
-        print(f"{o.status:6s} {o.output}  ({detail})")
-    failed = sum(o.status == "failed" for o in outcomes)
-    print(f"{len(outcomes) - failed} rendered, {failed} failed")
-    return 1 if failed else 0
+    out = Path(args.out) if args.out else AvatarPaths(args.avatar).renders
+    records = render_batch(
+        config, args.avatar, Path(args.audio), out, args.model_alias, args.glob, force=args.force
+    )
+    for r in records:
+        detail = {
+            "done": f"{r.frames} frames, {r.seconds:.1f} s",
+            "skipped": f"up to date, version {r.model_version}",
+        }.get(r.status, r.error)
+        print(f"{r.status:7s} {r.output_path}  ({detail})")
+    counts = {s: sum(r.status == s for r in records) for s in ("done", "failed", "skipped")}
+    print("{done} rendered, {failed} failed, {skipped} skipped (up to date)".format(**counts))
+    return 1 if counts["failed"] else 0
+
+
+def _cmd_renders_status(args: argparse.Namespace) -> int:
+    """Print the ledger's recent records: each avatar's last batch, or all since a date."""
+    from datetime import UTC, datetime
+
+    from synctalk.paths import renders_ledger
+    from synctalk.render.ledger import RenderLedger, recent_records
+
+    since = None
+    if args.since:
+        since = datetime.fromisoformat(args.since)
+        since = since if since.tzinfo else since.replace(tzinfo=UTC)
+    ledger = RenderLedger(renders_ledger())
+    records = recent_records(ledger, args.avatar, since, args.failed)
+    if not records:
+        print(f"no render records in {ledger.path} (for that selection)")
+        return 0
+    print(
+        f"{'started (UTC)':16s}  {'avatar':10s}  {'status':7s}  {'version':>7s}  "
+        f"{'frames':>6s}  {'seconds':>7s}  audio -> output / error"
+    )
+    for r in records:
+        result = r.output_path if r.status != "failed" else r.error
+        print(
+            f"{r.started_at:%Y-%m-%d %H:%M}  {r.avatar:10s}  {r.status:7s}  "
+            f"{r.model_version:>7s}  {r.frames:6d}  {r.seconds:7.1f}  "
+            f"{Path(r.audio_path).name} -> {result}"
+        )
+    counts = {s: sum(r.status == s for r in records) for s in ("done", "failed", "skipped")}
+    print("{done} done, {failed} failed, {skipped} skipped".format(**counts))
+    return 0
 
 
 def _cmd_export_onnx(args: argparse.Namespace) -> int:
@@ -112,6 +149,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from flows.serve import main as serve
 
     serve()
+    return 0
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    """Register the deployments on a Prefect work pool (created if missing)."""
+    from flows.deploy import deploy
+
+    for name in deploy(args.pool):
+        print(f"deployed {name} to work pool {args.pool}")
+    print(f"start workers where renders should run: prefect worker start --pool {args.pool}")
     return 0
 
 
@@ -223,21 +270,43 @@ def build_parser() -> argparse.ArgumentParser:
         "render",
         help="render an avatar saying audio files",
         description="Render AVATAR saying AUDIO (a file, or every audio file in a folder) "
-        "to OUT/<audio stem>.mp4 (25 fps H.264 + AAC). The model is the registry's "
-        "@champion for the avatar, else its newest version, unless --model-alias says "
-        "otherwise. A file that fails is reported and the others go on.",
+        "to OUT/<audio stem>.mp4 (25 fps H.264 + AAC; files sharing a stem keep their "
+        "extension: a.wav.mp4, a.mp3.mp4). The model is the registry's @champion for the "
+        "avatar, else its newest version, unless --model-alias says otherwise. A file "
+        "already rendered with the same model, audio and settings, its video unchanged "
+        "since, is skipped; every attempt is recorded in data/renders/renders.parquet. "
+        "A file that fails is reported and the others go on.",
     )
     render.add_argument("--avatar", required=True, help="avatar name from params.yaml")
     render.add_argument("--audio", required=True, help="an audio file or a folder of them")
     render.add_argument("--out", help="output folder (default: data/renders/<avatar>)")
     render.add_argument("--model-alias", help="alias (e.g. candidate) or version number")
     render.add_argument("--glob", default="*", help="file pattern inside a folder (default: *)")
+    render.add_argument("--force", action="store_true", help="render again even what is up to date")
     render.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"],
                         help="override params.yaml's device")  # fmt: skip
     render.add_argument(
         "--params", default="params.yaml", help="params file (default: %(default)s)"
     )
     render.set_defaults(func=_cmd_render)
+
+    renders = sub.add_parser(
+        "renders",
+        help="what was rendered: the renders ledger",
+        description="The ledger data/renders/renders.parquet records every render attempt "
+        "(done, failed, skipped). pandas reads it: pd.read_parquet(path).",
+    )
+    renders_sub = renders.add_subparsers(dest="renders_command", required=True, metavar="ACTION")
+    status = renders_sub.add_parser(
+        "status", help="each avatar's last batch (or everything since a date), file by file"
+    )
+    status.add_argument("--avatar", help="one avatar only")
+    status.add_argument(
+        "--since",
+        help="every record since this date or time (ISO, UTC), e.g. 2026-12-01 or 2026-12-01T02:00",
+    )
+    status.add_argument("--failed", action="store_true", help="failed files only")
+    status.set_defaults(func=_cmd_renders_status)
 
     export = sub.add_parser(
         "export-onnx",
@@ -252,11 +321,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser(
         "serve",
-        help="serve the Prefect deployments render/batch (nightly) and train/avatar",
+        help="serve the Prefect deployments (nightly, render/batch, train/avatar) here",
         description="Register and run the deployments against $PREFECT_API_URL (start a "
-        "local server with `prefect server start`). Stays up; Ctrl-C stops it.",
+        "local server with `prefect server start`), in this process: nightly/nightly on "
+        "its schedule, render/batch and train/avatar when asked. Stays up; Ctrl-C stops it.",
     )
     serve.set_defaults(func=_cmd_serve)
+
+    deploy = sub.add_parser(
+        "deploy",
+        help="register the deployments on a Prefect work pool, for workers on many machines",
+        description="Register nightly/nightly, render/batch, render-file/file and "
+        "train/avatar on work pool POOL at $PREFECT_API_URL (a process pool is created if "
+        "missing). Batches then run one render-file run per audio file, which any worker "
+        "of the pool picks up: `prefect worker start --pool POOL` on each machine, in a "
+        "checkout of the project at the same path.",
+    )
+    deploy.add_argument("--pool", required=True, help="work pool name")
+    deploy.set_defaults(func=_cmd_deploy)
 
     models = sub.add_parser(
         "models",

@@ -14,6 +14,7 @@ Two kinds of settings live here:
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -159,6 +160,14 @@ class ModelPreset:
         return resolution(self.resolution)
 
 
+# An avatar's name becomes folder names, DVC stage names and the MLflow model's name.
+AVATAR_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+AVATAR_NAME_RULE = (
+    "an avatar name is 1-64 lower-case letters, digits, '-' and '_', starting with a letter or "
+    "digit (it names folders, DVC stages and the MLflow model)"
+)
+
+
 @dataclass(frozen=True)
 class AvatarConfig:
     video: str
@@ -211,13 +220,17 @@ class RenderParams:
 
 @dataclass(frozen=True)
 class NightlyParams:
-    """The scheduled batch render: every parameter has a default, as a cron run needs."""
+    """The scheduled renders: every avatar's inbox (data/inbox/<avatar>/), every night.
 
-    avatar: str = "demo"
-    audio_dir: str = "data/inbox"
+    Every parameter has a default, as a scheduled run needs."""
+
     glob: str = "*"
-    cron: str = "0 2 * * *"  # every night at 02:00 (the server's time zone)
+    cron: str = "0 2 * * *"  # every night at 02:00...
+    timezone: str = "UTC"  # ...in this time zone (an IANA name: Europe/Paris)
     max_parallel: int = 1  # audio files rendered at once (a CPU render uses both cores)
+    retries: int = 2  # a file that failed for a transient reason (disk full, worker lost)
+    retry_delay_s: int = 60
+    file_timeout_s: int = 3600  # one file's run on a work pool (retries included)
     # Render only a reviewed model: an avatar without @champion is reported and skipped
     # (an explicit model_alias still renders what it names).
     require_champion: bool = True
@@ -254,6 +267,8 @@ class Config:
 
     def __post_init__(self) -> None:
         for name, avatar in self.avatars.items():
+            if not AVATAR_NAME.fullmatch(name):
+                raise ConfigError(f"avatars.{name!r}: {AVATAR_NAME_RULE}")
             if avatar.preset not in self.presets:
                 raise ConfigError(
                     f"avatars.{name}.preset: unknown preset {avatar.preset!r}; "

@@ -72,7 +72,27 @@ class AvatarPaths:
     def unet(self) -> Path:
         return self.models / "unet.pth"
 
+    # rendering
+    @property
+    def inbox(self) -> Path:
+        """Audio waiting to be rendered by the nightly batch (and the render@ stage)."""
+        return self.root / "data" / "inbox" / self.name
+
+    @property
+    def renders(self) -> Path:
+        """Rendered videos, data/renders/<name>/<audio stem>.mp4."""
+        return self.root / "data" / "renders" / self.name
+
+    @property
+    def training_states(self) -> Path:
+        return self.root / "data" / "checkpoints" / self.name
+
     def training_state(self, stage: str) -> Path:
         """Resumable trainer state of a stage: kept outside DVC's outputs, which
         DVC deletes before re-running a stage."""
-        return self.root / "data" / "checkpoints" / self.name / stage
+        return self.training_states / stage
+
+
+def renders_ledger(root: Path = Path(".")) -> Path:
+    """Every render attempt of every avatar (a Parquet dataset folder, see render.ledger)."""
+    return root / "data" / "renders" / "renders.parquet"

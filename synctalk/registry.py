@@ -39,7 +39,7 @@ from typing import Any
 from synctalk.config import ReviewParams
 from synctalk.hashing import file_sha256
 from synctalk.paths import AvatarPaths
-from synctalk.tracking import apply_offline_env
+from synctalk.tracking import TrackingStoreError, apply_offline_env, check_tracking_store
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,12 @@ def _client():
             f"the model registry {store_uri()} does not exist (no such file); run from the "
             "project folder or set MLFLOW_TRACKING_URI"
         )
+    try:  # MLflow retries a dead server for minutes; a connection attempt tells at once
+        check_tracking_store(mlflow.get_tracking_uri())
+    except TrackingStoreError as exc:
+        raise RegistryUnavailableError(
+            f"the model registry {store_uri()} is unavailable: {exc}"
+        ) from None
     with _registry("open the model registry"):  # a sqlite store reads its schema here
         return mlflow.MlflowClient()
 
@@ -254,32 +260,35 @@ def champion_version(avatar: str) -> str | None:
 
 
 def resolve_version(avatar: str, alias_or_version: str | None = None) -> Any:
-    """The ModelVersion to use: the given alias or number, else champion, else newest."""
+    """The ModelVersion to use: the given alias or number, else champion, else newest.
+
+    Each way this can fail says what is wrong: the store cannot be read
+    (RegistryUnavailableError naming it), the avatar has no model yet, or it
+    has no such alias or version (listing those it has)."""
     name = model_name(avatar)
+    versions = {str(v.version): v for v in list_versions(avatar)}
+    if not versions:
+        raise ModelNotFoundError(_no_model(avatar))
+    by_alias = aliases(avatar)
+    numbers = ", ".join(versions)
     wanted = alias_or_version
-    if not wanted or not wanted.isdigit():
-        by_alias = aliases(avatar)
-        if wanted:
-            if wanted not in by_alias:
-                raise ModelNotFoundError(_no_model(avatar, wanted))
-            wanted = by_alias[wanted]
-        elif CHAMPION in by_alias:
-            wanted = by_alias[CHAMPION]
-        else:
-            versions = list_versions(avatar)
-            if not versions:
-                raise ModelNotFoundError(_no_model(avatar, "any version"))
-            wanted = str(versions[-1].version)
-            log.warning("%s has no @%s: using the newest version, %s, which nobody promoted",
-                        name, CHAMPION, wanted)  # fmt: skip
-    client = _client()
-    try:
-        with _registry(f"read {name} version {wanted}"):
-            return client.get_model_version(name, wanted)
-    except Exception as exc:
-        if _not_found(exc):
-            raise ModelNotFoundError(_no_model(avatar, alias_or_version or wanted)) from exc
-        raise
+    if wanted is None:
+        if CHAMPION in by_alias:
+            return versions[by_alias[CHAMPION]]
+        newest = list(versions.values())[-1]
+        log.warning("%s has no @%s: using the newest version, %s, which nobody promoted",
+                    name, CHAMPION, newest.version)  # fmt: skip
+        return newest
+    if wanted.isdigit():
+        if wanted not in versions:
+            raise ModelNotFoundError(f"{name} has no version {wanted} (versions: {numbers})")
+        return versions[wanted]
+    if wanted not in by_alias:
+        known = ", ".join(f"@{a} = version {v}" for a, v in sorted(by_alias.items())) or "none"
+        raise ModelNotFoundError(
+            f"{name} has no alias {wanted!r} (aliases: {known}; versions: {numbers})"
+        )
+    return versions[by_alias[wanted]]
 
 
 def _no_model(avatar: str, wanted: str | None = None) -> str:

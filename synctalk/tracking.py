@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
+
+from synctalk.process import ProcessId, current_process
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,32 @@ def apply_offline_env() -> None:
 
 def tracking_uri(root: Path = Path(".")) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlflow.db').resolve()}"
+
+
+class TrackingStoreError(RuntimeError):
+    """The MLflow tracking store cannot be reached or read."""
+
+
+def check_tracking_store(uri: str, timeout_s: float = 5.0) -> None:
+    """TrackingStoreError naming `uri` if a tracking server there does not answer.
+
+    MLflow itself retries a dead server for minutes before it gives up; a
+    connection attempt tells at once."""
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("http", "https"):
+        return
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname, port), timeout=timeout_s).close()
+    except OSError as exc:
+        shown = re.sub(r"//([^:/@]+):[^@/]+@", r"//\1:***@", uri)  # no password in logs
+        raise TrackingStoreError(
+            f"cannot reach the MLflow tracking server at {shown}: {exc.strerror or exc} "
+            "(the runs and the model registry live there: start it, or set MLFLOW_TRACKING_URI)"
+        ) from None
 
 
 def flatten(params: Mapping[str, Any] | Any, prefix: str = "") -> dict[str, Any]:
@@ -61,16 +90,68 @@ def git_commit(root: Path = Path(".")) -> str:
 
 @contextmanager
 def stage_run(stage: str, avatar: str, params: Any, root: Path = Path(".")) -> Iterator[Any]:
-    """An MLflow run for `stage` of `avatar`, in the experiment `avatar-<name>`."""
+    """An MLflow run for `stage` of `avatar`, in the experiment `avatar-<name>`.
+
+    The run is tagged with the process running it, so that a later run of the
+    same stage can tell a run left RUNNING by a killed process (marked KILLED,
+    with a link to the run that continues it) from one still going.
+    """
     apply_offline_env()
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri(root))
-    mlflow.set_experiment(f"avatar-{avatar}")
-    tags = {"stage": stage, "avatar": avatar, "git_commit": git_commit(root)}
+    uri = tracking_uri(root)
+    check_tracking_store(uri)
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.set_experiment(f"avatar-{avatar}")
+    tags = {
+        "stage": stage,
+        "avatar": avatar,
+        "git_commit": git_commit(root),
+        PROCESS_TAG: str(current_process()),
+    }
     with mlflow.start_run(run_name=f"{stage}@{avatar}", tags=tags) as run:
+        close_abandoned_runs(mlflow.MlflowClient(), experiment.experiment_id, stage, run)
         mlflow.log_params({k: str(v)[:500] for k, v in flatten(params).items()})
         yield run
+
+
+PROCESS_TAG = "synctalk.process"  # host:pid:start of the process that ran the stage
+
+
+def close_abandoned_runs(client: Any, experiment_id: str, stage: str, successor: Any) -> list[str]:
+    """Mark KILLED the runs of `stage` still RUNNING whose process has ended (killed before
+    it could close them), pointing them at `successor`, the run that continues their work."""
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.stage = '{stage}' and attributes.status = 'RUNNING'",
+    )
+    closed = []
+    for run in found:
+        if run.info.run_id == successor.info.run_id:
+            continue
+        owner = ProcessId.parse(run.data.tags.get(PROCESS_TAG, ""))
+        if owner is None or owner.is_running() is not False:
+            continue  # still running, or on another machine: not ours to judge
+        link = f"#/experiments/{experiment_id}/runs/{successor.info.run_id}"
+        client.set_tag(run.info.run_id, "synctalk.continued_by", successor.info.run_id)
+        client.set_tag(
+            run.info.run_id,
+            "mlflow.note.content",
+            f"The process running this stage was killed; [the next run]({link}) "
+            "continues its work.",
+        )
+        client.set_terminated(run.info.run_id, status="KILLED")
+        client.set_tag(successor.info.run_id, "synctalk.continues", run.info.run_id)
+        log.warning(
+            "MLflow run %s of %s was left RUNNING by a killed process (pid %d): "
+            "marked KILLED, continued by %s",
+            run.info.run_id,
+            stage,
+            owner.pid,
+            successor.info.run_id,
+        )
+        closed.append(run.info.run_id)
+    return closed
 
 
 def log_history_plot(history: Any, path: Path, title: str) -> Path:

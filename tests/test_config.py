@@ -85,3 +85,11 @@ def test_avatar_preset_lookup():
     assert config.preset_of("bob").resolution == "160"
     with pytest.raises(ConfigError, match="alice"):
         config.preset_of("alice")
+
+
+@pytest.mark.parametrize("name", ["bob\n", "Bob", "bob smith", "-bob", "x" * 65, "bob/x"])
+def test_avatar_names_are_matched_whole(name):
+    # a name ends up in folder names, DVC stage names and the MLflow model's name
+    with pytest.raises(ConfigError, match="avatar name is 1-64 lower-case"):
+        config_from_dict({"avatars": {name: {"video": "b.mp4"}}})
+    assert config_from_dict({"avatars": {"bob_2-x": {"video": "b.mp4"}}}).avatars

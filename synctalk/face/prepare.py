@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from synctalk.atomic import atomic_path
+from synctalk.atomic import atomic_path, staging_dir
 from synctalk.config import LandmarkParams
 from synctalk.face.crop import (
     crop_jitter,
@@ -164,14 +165,16 @@ def prepare_landmarks(
     backend = open_backend(params)
     try:
         track = track_faces(iter_frames(video), backend, params, n_frames=n_frames)
+    except FaceGapError as exc:
+        raise FaceGapError(f"{video}: {exc}") from None
     finally:
         backend.close()
-    staged = landmarks_out.with_name(f".{landmarks_out.name}.staged")
-    write_landmarks(track, staged)
+    staging = staging_dir(landmarks_out.parent, "landmarks")
     try:
+        staged = staging / landmarks_out.name
+        write_landmarks(track, staged)
         write_crops(iter_frames(video), track.crop_boxes, crop_size, crops_out)
-    except BaseException:
-        staged.unlink(missing_ok=True)
-        raise
-    staged.replace(landmarks_out)
+        staged.replace(landmarks_out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return track

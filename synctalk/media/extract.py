@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from synctalk.atomic import staging_dir
 from synctalk.config import FPS, SAMPLE_RATE, ExtractParams
 from synctalk.manifest import FRAMES_SCHEMA, content_hash, write_manifest
 from synctalk.media.ffmpeg import MediaError
@@ -54,7 +54,7 @@ def extract_avatar(source: Path, paths: AvatarPaths, params: ExtractParams) -> E
     started = time.perf_counter()
     info = validate_source(source, params)
     paths.work.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=paths.work, prefix=".extract-"))
+    staging = staging_dir(paths.work, "extract")
     try:
         video = staging / paths.video.name
         audio = staging / paths.audio.name

@@ -37,7 +37,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import threading
 import weakref
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 import synctalk
+from synctalk.atomic import staging_dir
 from synctalk.config import Resolution
 from synctalk.face.crop import cut_crop
 from synctalk.hashing import file_sha256
@@ -250,7 +250,7 @@ def prepare_render_avatar(
         shutil.rmtree(cache_dir, ignore_errors=True)
 
     avatar_root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=avatar_root, prefix=f".render-{key}-"))
+    staging = staging_dir(avatar_root, f"render-{key}")
     try:
         _build_cache(paths, geometry, staging, key, shas)
         try:

@@ -33,6 +33,7 @@ written under a temporary name and renamed when complete).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import ctypes
 import gc
 import hashlib
@@ -74,13 +75,17 @@ from synctalk.render.onnx import OPSET, OnnxUNet, export_unet
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LoadedModel", "Mp4Encoder", "RenderError", "RenderResult", "load_for_rendering",
-           "load_runtime", "render_video"]  # fmt: skip
+__all__ = ["EncodeError", "LoadedModel", "Mp4Encoder", "RenderError", "RenderResult",
+           "load_for_rendering", "load_runtime", "render_video"]  # fmt: skip
 
 MIN_AUDIO_S = 0.2  # one mel window: less cannot be encoded
 SILENCE_DBFS = -60.0  # RMS below this (re full scale 1.0) is silence, not speech
 AUDIO_BITRATE = "192k"
 _POLL_S = 0.1  # how often blocked queue operations look for a stop request
+
+
+class EncodeError(RenderError):
+    """ffmpeg failed to write the video (a full disk, say): not the input's fault."""
 
 
 @dataclass(frozen=True)
@@ -439,7 +444,7 @@ def render_video(
 
     with (
         atomic_path(out_path) as tmp,
-        Mp4Encoder(tmp, avatar.frame_size, audio_path, params) as sink,
+        Mp4Encoder(tmp, avatar.frame_size, audio_path, params, out_path) as sink,
     ):
         stages = _run_pipeline(
             avatar, runner, schedule, window, compositor, sink, params.queue_frames
@@ -471,9 +476,16 @@ class Mp4Encoder:
     block on a full one). Leaving the context without `finish` kills ffmpeg.
     """
 
-    def __init__(self, out: Path, frame_size: tuple[int, int], audio: Path, params: RenderParams):
+    def __init__(
+        self,
+        out: Path,
+        frame_size: tuple[int, int],
+        audio: Path,
+        params: RenderParams,
+        name: Path | None = None,
+    ):
         h, w = frame_size
-        self.out = out
+        self.out = name or out  # what errors call the file: the final name, not a temporary one
         self.frame_bytes = h * w * 3
         cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-nostats", "-y"]
         cmd += ["-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{w}x{h}", "-framerate", str(FPS)]
@@ -501,7 +513,7 @@ class Mp4Encoder:
         try:
             self.proc.stdin.write(memoryview(frame).cast("B"))
         except (BrokenPipeError, ValueError):
-            raise RenderError(f"ffmpeg stopped while encoding {self.out}: {self.error()}") from None
+            raise EncodeError(f"ffmpeg stopped while encoding {self.out}: {self.error()}") from None
 
     def finish(self) -> None:
         """Close stdin, wait for ffmpeg, raise RenderError if it failed."""
@@ -511,7 +523,7 @@ class Mp4Encoder:
         except BrokenPipeError:
             pass
         if self.proc.wait() != 0:
-            raise RenderError(f"ffmpeg could not encode {self.out}: {self.error()}")
+            raise EncodeError(f"ffmpeg could not encode {self.out}: {self.error()}")
 
     def error(self) -> str:
         if self.proc is not None and self.proc.poll() is None:
@@ -597,7 +609,12 @@ class _Pipeline:
                     self.errors.append(exc)
                 self.stop.set()
 
-        thread = threading.Thread(target=run, name=f"render-{name}", daemon=True)
+        # In a copy of the caller's context: whatever it carries (a workflow run's
+        # context, for its log handlers) holds in the workers too.
+        context = contextvars.copy_context()
+        thread = threading.Thread(
+            target=context.run, args=(run,), name=f"render-{name}", daemon=True
+        )
         thread.start()
         return thread
 
