@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test lint demo bench bench-ledger clean
+.PHONY: setup test lint demo bench bench-ledger quality clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,11 @@ bench: setup
 # The renders ledger at 100,000 records: one append and one lookup, target < 20 ms each.
 bench-ledger: setup
 	$(PY) benchmarks/ledger.py
+
+# The lip-follow yardstick (issue 14): trains lieu_address_45s with the cpu
+# preset (about 30 minutes on 2 cores), drives it with the other clips.
+quality: setup
+	$(PY) benchmarks/quality.py --out quality-report
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -86,11 +86,33 @@ def _run(root: Path, *args: str) -> str:
     return proc.stdout
 
 
-def build_project(out: Path, video: Path, avatar: str, preset: str) -> tuple[Path, dict]:
+def apply_settings(params: Path, settings: list[str]) -> None:
+    """Edit params.yaml: each setting is `dotted.key=value`, the value read as YAML."""
+    from ruamel.yaml import YAML
+
+    yaml = YAML()
+    data = yaml.load(params.read_text())
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {setting!r}: expected KEY=VALUE (presets.tiny.audio_mode=ave)")
+        *parents, last = key.split(".")
+        node = data
+        for part in parents:
+            node = node[part]
+        node[last] = yaml.load(value)
+    with open(params, "w") as f:
+        yaml.dump(data, f)
+
+
+def build_project(
+    out: Path, video: Path, avatar: str, preset: str, settings: list[str]
+) -> tuple[Path, dict]:
     """A scratch project with `avatar` trained by its DVC stages; seconds per stage."""
     from tests.project import make_project  # the same scratch copy the pipeline tests use
 
     root = make_project(out)
+    apply_settings(root / "params.yaml", settings)
     _run(
         root,
         sys.executable,
@@ -226,6 +248,15 @@ def main() -> None:
     parser.add_argument("--preset", default="cpu", help="preset to train (default: %(default)s)")
     parser.add_argument("--project", type=Path, help="an existing project with the avatar trained")
     parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change a setting of the scratch project's params.yaml before training, e.g. "
+        "--set presets.tiny.audio_mode=ave --set presets.tiny.input_mask=mouth",
+    )
+    parser.add_argument(
         "--drivers",
         type=Path,
         nargs="*",
@@ -246,12 +277,15 @@ def main() -> None:
     if args.project:
         root = args.project.resolve()
     else:
-        root, seconds = build_project(out, args.video.resolve(), args.avatar, args.preset)
+        root, seconds = build_project(
+            out, args.video.resolve(), args.avatar, args.preset, args.settings
+        )
     drivers = args.drivers or sorted(p for p in VIDEOS.glob("*.mp4") if p.name != args.video.name)
 
     renders = out / "renders"
     renders.mkdir(exist_ok=True)
-    report: dict = {"preset": args.preset, "avatar": args.avatar, "stage_seconds": seconds}
+    report: dict = {"preset": args.preset, "settings": args.settings, "avatar": args.avatar,
+                    "stage_seconds": seconds}  # fmt: skip
     if seconds:
         report["train_minutes"] = sum(seconds[s] for s in TRAINING) / 60
     sheet: list = []
