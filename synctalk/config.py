@@ -131,6 +131,9 @@ class Training:
 class SyncNetTraining(Training):
     epochs: int = 40
     min_offset_frames: int = 6  # off-sync pairs are this many frames apart or more
+    # Grey faces in the face tower: the U-Net's sync term then cannot push colours
+    # (SyncTalk_2D's SyncNet, false, sees colour; its checkpoints load either way).
+    luminance_only: bool = True
 
 
 @dataclass(frozen=True)
