@@ -122,3 +122,26 @@ def test_jaw_mask_hides_the_chin_strip_the_mouth_mask_shows():
     assert jaw.masked_box == (5, 5, 155, 160)
     x = make_unet_input(torch.zeros(1, 3, 160, 160), torch.ones(1, 3, 160, 160), jaw)
     assert (x[0, 3:, 150:, 5:155] == 0).all()
+
+
+def test_a_luminance_only_syncnet_cannot_push_colours(tmp_path):
+    """Its face embedding ignores hue, so the gradient it sends a U-Net is equal on R, G, B."""
+    from synctalk.models.checkpoint import load_syncnet, save_model
+
+    torch.manual_seed(0)
+    net = build_syncnet("160", "whisper", mobile=True, luminance_only=True).eval()
+    face = torch.rand(2, 3, 160, 160, requires_grad=True)
+    grey = face.detach().mean(1, keepdim=True).expand(-1, 3, -1, -1)
+    torch.testing.assert_close(net.embed_face(face), net.embed_face(grey))
+    audio = torch.randn(2, *SYNCNET_AUDIO_SHAPES["whisper"])
+    a, f = net(face, audio)
+    (a * f).sum().backward()
+    g = face.grad
+    torch.testing.assert_close(g[:, 0], g[:, 1])
+    torch.testing.assert_close(g[:, 1], g[:, 2])
+    # the choice travels with the checkpoint; SyncTalk_2D's own SyncNets see colour
+    save_model(net, tmp_path / "syncnet.pth")
+    assert load_syncnet(tmp_path / "syncnet.pth").luminance_only
+    colour = build_syncnet("160", "ave", mobile=True)
+    assert not colour.luminance_only
+    assert colour.embed_face(face).sub(colour.embed_face(grey)).abs().max() > 0

@@ -72,6 +72,7 @@ def save_model(model: UNet | SyncNet, path: str | Path, **extra: Any) -> dict[st
             "resolution": model.preset,
             "audio_mode": model.audio_mode,
             "mobile": model.mobile,
+            "luminance_only": model.luminance_only,
         }
     else:
         raise TypeError(f"cannot save a {type(model).__name__}")
@@ -148,8 +149,10 @@ def load_syncnet(
     path = Path(path)
     state = read_state_dict(path)
     meta = read_metadata(path)
+    luminance_only = False  # SyncTalk_2D's SyncNets see colour
     if meta is not None:
         res, mode, mobile = meta["resolution"], meta["audio_mode"], meta.get("mobile", False)
+        luminance_only = meta.get("luminance_only", False)
     else:
         if "face_encoder.0.conv_block.0.weight" not in state:
             raise ValueError(f"{path}: not a SyncTalk_2D SyncNet state dict")
@@ -157,6 +160,6 @@ def load_syncnet(
         wenet = state["audio_encoder.0.conv_block.0.weight"].shape[1] == 128
         mode = "wenet" if wenet else (audio_mode or "ave")
         mobile = state["face_encoder.0.conv_block.0.weight"].shape[0] == 16
-    model = build_syncnet(res, mode, mobile)
+    model = build_syncnet(res, mode, mobile, luminance_only)
     _strict_load(model, state, path)
     return model.to(resolve_device(device)).eval()

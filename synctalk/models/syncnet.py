@@ -44,7 +44,13 @@ def _stage(cin: int, cout: int, n_residual: int, stride=2) -> list[ConvBN]:
 
 
 class SyncNet(nn.Module):
-    def __init__(self, preset: str = "328", audio_mode: str = "ave", mobile: bool = False):
+    def __init__(
+        self,
+        preset: str = "328",
+        audio_mode: str = "ave",
+        mobile: bool = False,
+        luminance_only: bool = False,
+    ):
         super().__init__()
         if audio_mode not in AUDIO_MODES:
             raise ValueError(f"unknown audio mode {audio_mode!r}; expected {AUDIO_MODES}")
@@ -52,6 +58,10 @@ class SyncNet(nn.Module):
         self.preset = geometry.name
         self.audio_mode = audio_mode
         self.mobile = mobile
+        # The face tower sees grey faces: then the gradient of the U-Net's sync term
+        # is the same on R, G and B, so it can move a mouth's brightness but cannot
+        # paint a hue no mouth has. SyncTalk_2D's SyncNet sees colour.
+        self.luminance_only = luminance_only
         # mobile: every width halved (a quarter of the compute), like the mobile
         # U-Net; the full widths are the original's and load its checkpoints.
         w = {c: c // 2 if mobile else c for c in (32, 64, 128, 256, 512)}
@@ -88,8 +98,13 @@ class SyncNet(nn.Module):
     def forward(self, face: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Unit-length (audio_embedding, face_embedding), each [B, 4608] ([B, 2304] mobile)."""
         a = self.audio_encoder(audio).flatten(1)
-        f = self.face_encoder(face).flatten(1)
-        return F.normalize(a, p=2, dim=1), F.normalize(f, p=2, dim=1)
+        return F.normalize(a, p=2, dim=1), self.embed_face(face)
+
+    def embed_face(self, face: torch.Tensor) -> torch.Tensor:
+        """Unit-length face embeddings of [B, 3, S, S] crops."""
+        if self.luminance_only:
+            face = face.mean(1, keepdim=True).expand(-1, 3, -1, -1)
+        return F.normalize(self.face_encoder(face).flatten(1), p=2, dim=1)
 
 
 def sync_probability(audio_embedding: torch.Tensor, face_embedding: torch.Tensor) -> torch.Tensor:
@@ -98,6 +113,9 @@ def sync_probability(audio_embedding: torch.Tensor, face_embedding: torch.Tensor
 
 
 def build_syncnet(
-    preset: str | int = "328", audio_mode: str = "ave", mobile: bool = False
+    preset: str | int = "328",
+    audio_mode: str = "ave",
+    mobile: bool = False,
+    luminance_only: bool = False,
 ) -> SyncNet:
-    return SyncNet(str(preset), audio_mode, mobile)
+    return SyncNet(str(preset), audio_mode, mobile, luminance_only)

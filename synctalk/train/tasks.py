@@ -40,7 +40,8 @@ class SyncNetTask:
 
     def __init__(self, data: AvatarFrames, preset: ModelPreset, training: SyncNetTraining):
         seed_everything(training.seed)  # the initial weights too are seeded
-        self.model = build_syncnet(preset.resolution, preset.audio_mode, preset.mobile)
+        self.model = build_syncnet(preset.resolution, preset.audio_mode, preset.mobile,
+                                   training.luminance_only)  # fmt: skip
         shape = SYNCNET_AUDIO_SHAPES[preset.audio_mode]
         train, val = data.split()
         seed = training.seed
@@ -54,7 +55,7 @@ class SyncNetTask:
         face, in_sync, off_sync = batch  # off_sync: [n, negatives, *audio shape]
         n, k = off_sync.shape[:2]
         audio = self.model.audio_encoder(torch.cat([in_sync, off_sync.flatten(0, 1)])).flatten(1)
-        f = F.normalize(self.model.face_encoder(face).flatten(1), dim=1)
+        f = self.model.embed_face(face)
         p = sync_probability(F.normalize(audio, dim=1).float(),
                              torch.cat([f, f.repeat_interleave(k, dim=0)]).float())  # fmt: skip
         return (p, *sync_pair_labels(n, k, face.device))
