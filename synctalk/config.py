@@ -221,6 +221,10 @@ class RenderParams:
     batch_size: int = 16  # frames per model call on a GPU (the CPU runs one at a time)
     runtime: Literal["auto", "onnx", "torch"] = "auto"  # auto: torch on GPU, onnxruntime on CPU
     queue_frames: int = 32  # bound on frames in flight between decode, model and encode
+    # fp32 | int8: the CPU (onnxruntime) U-Net statically quantized to int8, about twice as
+    # fast; checked against fp32 on held-out frames first (synctalk.render.quantize)
+    precision: Literal["fp32", "int8"] = "fp32"
+    int8_min_psnr: float = 38.0  # dB, int8 vs fp32 U-Net output; below it renders in fp32
 
 
 @dataclass(frozen=True)

@@ -163,6 +163,8 @@ def register_avatar_model(
     footage.work.mkdir(parents=True)
     for source, copy in ((paths.video, footage.video), (paths.landmarks, footage.landmarks)):
         _link_or_copy(source, copy)
+    if paths.audio.is_file():  # lets render.precision int8 calibrate on the avatar's own voice
+        _link_or_copy(paths.audio, footage.audio)
     code = workdir / "code"
     shutil.copytree(Path(synctalk.__file__).parent, code / "synctalk",
                     ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip

@@ -299,6 +299,10 @@ def test_the_render_key_changes_with_each_input():
     assert render_key("avatar-bob", "1", "weights", "audio", RenderParams(crf=20)) != key
     # speed settings do not change pixels
     assert render_key("avatar-bob", "1", "weights", "audio", RenderParams(batch_size=2)) == key
+    # int8 renders other pixels; its bar means nothing in fp32, and leaving both out in fp32
+    # kept the keys made before render.precision existed
+    assert render_key(*base[:4], RenderParams(precision="int8")) != key
+    assert render_key(*base[:4], RenderParams(int8_min_psnr=50.0)) == key
 
 
 def test_bad_input_is_told_from_transient_faults():

@@ -246,6 +246,27 @@ def test_render_with_the_trained_avatar(prepared, tmp_path):
     assert missing.returncode == 2 and "avatar-lieu has no version 7" in missing.stderr
 
 
+def test_int8_of_the_trained_tiny_avatar_reaches_the_bar(prepared, tmp_path):
+    """render.precision int8 on the U-Net `dvc repro` trained (the tiny preset, 45 s clip):
+    the int8 model's output is within the bar of fp32's on held-out frames, so it is used."""
+    from synctalk.config import RenderParams
+    from synctalk.paths import AvatarPaths
+    from synctalk.render.engine import load_for_rendering
+    from synctalk.render.onnx import OnnxUNet
+    from synctalk.render.quantize import PSNR_KEY
+
+    root, _ = prepared
+    paths = AvatarPaths("lieu", root)
+    params = RenderParams(precision="int8")
+    loaded = load_for_rendering(paths, paths.unet, paths.audio_encoder, params, "cpu",
+                                tmp_path / "cache")  # fmt: skip
+    (int8,) = (tmp_path / "cache" / "onnx").glob("*-int8-*.onnx")
+    psnr = float(OnnxUNet(int8).metadata[PSNR_KEY])
+    assert psnr >= params.int8_min_psnr, f"int8 vs fp32: {psnr:.1f} dB"
+    assert loaded.runtime.precision == "int8"
+    loaded.close()
+
+
 def test_second_repro_does_nothing(prepared):
     root, _ = prepared
     again = run(root, "dvc", "repro")

@@ -71,7 +71,8 @@ from synctalk.render.avatar import (
     prepare_render_avatar,
 )
 from synctalk.render.compositor import Compositor
-from synctalk.render.onnx import OPSET, OnnxUNet, export_unet
+from synctalk.render.onnx import OPSET, OnnxUNet, export_unet, unet_image
+from synctalk.render.quantize import CalibrationSet, avatar_calibration, int8_or_fp32
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ class RenderResult:
     frames_per_s: float
     duration: float  # video seconds (frames / 25)
     audio_duration: float  # seconds of audio
-    runtime: str  # "onnxruntime" or "torch:<device>"
+    runtime: str  # "onnxruntime", "onnxruntime:int8" or "torch:<device>"
     # Wall seconds: audio (decoding and audio features, before the frame loop), then what
     # each worker spent working, not waiting on a queue: prepare, infer, composite
     # (paste-back), write (handing frames to ffmpeg, which blocks while it is busy).
@@ -135,9 +136,13 @@ def load_for_rendering(
     """
     model = load_unet(unet)
     avatar = prepare_render_avatar(footage, model.spec.geometry, cache_root)
-    runtime = load_runtime(model, params, device, cache_root / "onnx",
-                           checkpoint_sha256=file_sha256(unet))  # fmt: skip
     front_end = load_front_end(audio_encoder, device=resolve_device(device))
+
+    def calibration() -> CalibrationSet:
+        return avatar_calibration(avatar, footage.audio, front_end, model.spec)
+
+    runtime = load_runtime(model, params, device, cache_root / "onnx", file_sha256(unet),
+                           calibration)  # fmt: skip
     return LoadedModel(avatar, runtime, front_end)
 
 
@@ -147,6 +152,7 @@ def load_runtime(
     device: str | torch.device,
     onnx_cache_dir: str | Path,
     checkpoint_sha256: str | None = None,
+    calibration: Callable[[], CalibrationSet] | None = None,
 ) -> UNet | OnnxUNet:
     """The model object `render_video` should be given for `unet` on `device`.
 
@@ -158,23 +164,42 @@ def load_runtime(
     dict), checked against torch on a random input when first made, and
     re-used afterwards. If export or onnxruntime fails, a warning is logged
     and torch is used.
+
+    With `params.precision` int8 the ONNX model is quantized to int8 next to
+    the fp32 file (synctalk.render.quantize): `calibration` makes the
+    avatar's frames it is calibrated and checked on (called only when the
+    int8 file is not cached yet). Below `params.int8_min_psnr`, or without
+    calibration frames, fp32 is used with a warning.
     """
     dev = resolve_device(device)
     wants_onnx = params.runtime == "onnx" or (params.runtime == "auto" and dev.type == "cpu")
     if not wants_onnx:
+        if params.precision == "int8":
+            log.info("render.precision int8 applies to onnxruntime on the CPU; using torch")
         return unet.to(dev).eval()
     if dev.type != "cpu":
         log.info("render.runtime is onnx: running the U-Net on the CPU with onnxruntime")
     try:
-        return _onnx_runtime(unet, Path(onnx_cache_dir), checkpoint_sha256)
+        fp32, path = _onnx_runtime(unet, Path(onnx_cache_dir), checkpoint_sha256)
     except Exception as exc:  # any failure here has the torch fallback
         log.warning(
             "onnxruntime unavailable (%s: %s); rendering with torch", type(exc).__name__, exc
         )
         return unet.to(dev).eval()
+    if params.precision != "int8":
+        return fp32
+    try:
+        return int8_or_fp32(fp32, path, calibration, params.int8_min_psnr, _open_onnx)
+    finally:
+        _release_heap()  # quantizing the 328 U-Net peaks ~1 GB above rendering
 
 
-def _onnx_runtime(unet: UNet, cache_dir: Path, sha256: str | None) -> OnnxUNet:
+def _open_onnx(path: Path) -> OnnxUNet:
+    return OnnxUNet(path, threads=onnx_threads(), spinning=onnx_spinning())
+
+
+def _onnx_runtime(unet: UNet, cache_dir: Path, sha256: str | None) -> tuple[OnnxUNet, Path]:
+    """The fp32 ONNX model of `unet` (exported now unless cached) and its file."""
     spec = unet.spec
     digest = sha256 or state_dict_sha256(unet)
     width = "mobile" if spec.mobile else "full"
@@ -183,9 +208,9 @@ def _onnx_runtime(unet: UNet, cache_dir: Path, sha256: str | None) -> OnnxUNet:
     )
     if path.is_file():
         try:
-            model = OnnxUNet(path, threads=onnx_threads(), spinning=onnx_spinning())
+            model = _open_onnx(path)
             log.info("using the exported U-Net %s", path)
-            return model
+            return model, path
         except Exception as exc:  # a damaged file: export it again rather than fall back
             log.warning("%s: cannot be loaded (%s); exporting it again", path, exc)
             path.unlink(missing_ok=True)
@@ -195,16 +220,17 @@ def _onnx_runtime(unet: UNet, cache_dir: Path, sha256: str | None) -> OnnxUNet:
     try:
         with atomic_path(path) as tmp:
             export_unet(unet.eval(), tmp)
-            runner = OnnxUNet(tmp, threads=onnx_threads(), spinning=onnx_spinning())
+            runner = _open_onnx(tmp)
             _check_export(unet, runner)
     finally:
         unet.to(device)  # export_unet and the check run it on the CPU
         _release_heap()
-    return runner
+    runner.path = path  # renamed into place
+    return runner, path
 
 
 def _release_heap() -> None:
-    """Give the exporter's freed memory back to the OS (glibc keeps it otherwise).
+    """Give the exporter's (or quantizer's) freed memory back to the OS (glibc keeps it).
 
     Exporting the 328 U-Net peaks ~0.9 GB above the model itself; without
     this a long-lived render worker would carry that heap around all night.
@@ -302,7 +328,7 @@ class _OnnxRunner(_Runner):
 
     def __init__(self, model: OnnxUNet):
         self.model = model
-        self.name = "onnxruntime"
+        self.name = "onnxruntime" if model.precision == "fp32" else f"onnxruntime:{model.precision}"
         self.batch_size = 1
         image, audio = model.session.get_inputs()[:2]
         self.size = int(image.shape[-1])
@@ -310,13 +336,7 @@ class _OnnxRunner(_Runner):
         self.masked_box = model.spec.masked_box
 
     def prepare(self, crops: np.ndarray, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        b, s = len(crops), self.size
-        image = np.empty((b, 6, s, s), dtype=np.float32)
-        np.multiply(crops, np.float32(1 / 255), out=image[:, :3])
-        image[:, 3:] = image[:, :3]
-        x0, y0, x1, y1 = self.masked_box
-        image[:, 3:, y0:y1, x0:x1] = 0
-        return image, audio
+        return unet_image(crops, self.masked_box), audio
 
     def infer(self, inputs: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
         return self.model(*inputs)

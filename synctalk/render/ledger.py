@@ -99,6 +99,10 @@ def render_key(
     """sha256 of everything that decides a render's output."""
     # batch size, runtime and queue length change speed, not pixels
     pixels = {k: v for k, v in asdict(params).items() if k not in ("batch_size", "queue_frames")}
+    if params.precision == "fp32":
+        # int8's settings mean nothing in fp32; leaving them out keeps the keys of renders
+        # made before they existed, so adding them re-rendered nothing.
+        del pixels["precision"], pixels["int8_min_psnr"]
     blob = json.dumps(
         {
             "model": [model_name, model_version, weights_sha256],

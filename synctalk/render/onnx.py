@@ -5,7 +5,9 @@ PyTorch with the same outputs, so CPU rendering uses it. The export has a
 dynamic batch axis; input names are `image` [B,6,S,S] and `audio` (the
 mode's window shape), output `crop` [B,3,S,S]. The U-Net's spec (preset,
 audio mode, width, input mask) is stored in the file's metadata, so whoever
-runs it prepares the inputs the way the model was trained.
+runs it prepares the inputs the way the model was trained; `unet_image` is
+that preparation for onnxruntime's float32 inputs. An int8 copy
+(synctalk.render.quantize) keeps the same inputs, outputs and metadata.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ INPUT_NAMES = ("image", "audio")
 OUTPUT_NAME = "crop"
 OPSET = 17
 SPEC_KEY = "synctalk_unet_spec"
+PRECISION_KEY = "synctalk_precision"  # absent: fp32 (files exported before int8 existed)
 
 
 def example_inputs(model: UNet, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,8 +60,22 @@ def export_unet(model: UNet, path: str | Path) -> Path:
     return path
 
 
+def unet_image(crops: np.ndarray, masked_box: tuple[int, int, int, int]) -> np.ndarray:
+    """float32 [B,6,S,S] U-Net input from uint8 crops [B,3,S,S] that are both reference and
+    current frame (as in rendering): the crop, then the crop with `masked_box` blacked out."""
+    b, _, s, _ = crops.shape
+    image = np.empty((b, 6, s, s), dtype=np.float32)
+    np.multiply(crops, np.float32(1 / 255), out=image[:, :3])
+    image[:, 3:] = image[:, :3]
+    x0, y0, x1, y1 = masked_box
+    image[:, 3:, y0:y1, x0:x1] = 0
+    return image
+
+
 class OnnxUNet:
     """Callable like the U-Net, on numpy arrays, through onnxruntime."""
+
+    precision = "fp32"  # or what the file's metadata says (PRECISION_KEY)
 
     def __init__(self, path: str | Path, threads: int | None = None, spinning: bool = True):
         import onnxruntime as ort
@@ -73,10 +90,12 @@ class OnnxUNet:
         self.session = ort.InferenceSession(
             str(path), sess_options=options, providers=["CPUExecutionProvider"]
         )
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if SPEC_KEY not in meta:
+        self.path = Path(path)
+        self.metadata: dict[str, str] = self.session.get_modelmeta().custom_metadata_map
+        if SPEC_KEY not in self.metadata:
             raise ValueError(f"{path}: not a U-Net exported by synctalk (no {SPEC_KEY})")
-        self.spec = UNetSpec(**json.loads(meta[SPEC_KEY]))
+        self.spec = UNetSpec(**json.loads(self.metadata[SPEC_KEY]))
+        self.precision = self.metadata.get(PRECISION_KEY, self.precision)
 
     def __call__(self, image: np.ndarray, audio: np.ndarray) -> np.ndarray:
         feeds = {
