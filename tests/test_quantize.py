@@ -116,3 +116,27 @@ def test_int8_without_the_avatars_audio_falls_back_to_fp32(trained, tmp_path, ca
     assert "int8 quantization failed" in caplog.text and "audio.wav" in caplog.text
     assert not int8_path(loaded.runtime.path).exists()
     loaded.close()
+
+
+def _uint8_error(x: np.ndarray, lo: float, hi: float) -> float:
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    step = (hi - lo) / 255
+    zero = np.round(-lo / step)
+    return float(np.mean(((np.clip(np.round(x / step) + zero, 0, 255) - zero) * step - x) ** 2))
+
+
+def test_activation_ranges_beat_min_max_and_percentiles():
+    from synctalk.render.activation_ranges import mse_range
+
+    rng = np.random.default_rng(0)
+    relu = np.maximum(rng.normal(0, 1, 200_000), 0)  # half zeros, a light tail
+    relu[:20] = rng.uniform(6, 12, 20)  # a few stray large values
+    lo, hi = mse_range(relu, 0.0, float(relu.max()))
+    assert lo == 0.0 and hi < relu.max()
+    chosen = _uint8_error(relu, lo, hi)
+    assert chosen < _uint8_error(relu, 0.0, float(relu.max()))
+    for q in (99.9, 99.99, 99.999):
+        assert chosen <= _uint8_error(relu, 0.0, float(np.percentile(relu, q)))
+    even = rng.uniform(-1, 2, 200_000)  # nothing to gain by clipping an even spread
+    lo, hi = mse_range(even, float(even.min()), float(even.max()))
+    assert lo == pytest.approx(-1, abs=0.01) and hi == pytest.approx(2, abs=0.01)

@@ -11,11 +11,13 @@ with the same version (same engine, same settings, same pixels).
 
 A version carries everything this needs: the U-Net, the audio front-end, the
 render settings it was registered with (config.json), the avatar's prepared
-footage (the extract stage's mezzanine and the landmarks stage's
-landmarks.parquet, laid out as a project folder under `footage/`) and the
-synctalk code itself (MLflow's code_paths). The render cache and the ONNX
-export are built on first load under $SYNCTALK_CACHE_DIR (default: a
-`synctalk-<uid>` folder in the temp directory) and re-used by later loads.
+footage (the extract stage's mezzanine, its 16 kHz audio for int8
+calibration, and the landmarks stage's landmarks.parquet, laid out as a
+project folder under `footage/`) and the synctalk code itself (MLflow's
+code_paths). The render cache and the ONNX export (and, with
+render.precision int8, the int8 model) are built on first load under
+$SYNCTALK_CACHE_DIR (default: a `synctalk-<uid>` folder in the temp
+directory) and re-used by later loads.
 """
 
 from __future__ import annotations

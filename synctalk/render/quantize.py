@@ -17,13 +17,15 @@ How (`render.precision: int8`, opt-in):
 * The output tail stays fp32: the last block's projection and residual sum,
   the output convolution and the sigmoid (`_fp32_tail`). Their activations
   reach the output with nothing after them to average the rounding out: on
-  the tiny preset trained 126 steps, quantizing them too gave 33.6 dB, keeping
-  them 39.0 dB, at ~1 ms per frame. The weights are not the problem (int8
+  the tiny preset trained 126 steps (min..max ranges), quantizing them too
+  gave 33.6 dB, keeping them 39.0 dB, at ~1 ms per frame. The weights are not the problem (int8
   weights with fp32 activations: 53 dB); the activations' 8 bits are.
-* Calibration: the range of every activation (min/max) over frames of the
-  avatar's own footage, fed as rendering feeds them: the crop as reference
-  and masked current frame, with the avatar's own audio features at that
-  frame. The avatar's pixels and voice are what the model will see.
+* Calibration: every activation's range is the one with the least expected
+  error over frames of the avatar's own footage (synctalk.render.
+  activation_ranges; min..max lost 3 dB at 328), fed as rendering feeds
+  them: the crop as reference and masked current frame, with the avatar's
+  own audio features at that frame. The avatar's pixels and voice are what
+  the model will see.
 * Check: on other frames of the same avatar (held out from calibration), the
   PSNR of the int8 output against the fp32 output. The figure is stored in
   the int8 file's metadata, so the check is made once per model version; the
@@ -54,6 +56,7 @@ from synctalk.config import SAMPLE_RATE
 from synctalk.features.windows import feature_window
 from synctalk.media.audio import load_audio
 from synctalk.models.unet import UNetSpec
+from synctalk.render.activation_ranges import activation_ranges
 from synctalk.render.onnx import INPUT_NAMES, PRECISION_KEY, OnnxUNet, unet_image
 
 if TYPE_CHECKING:
@@ -66,8 +69,8 @@ log = logging.getLogger(__name__)
 QUANT_VERSION = 1
 PSNR_KEY = "synctalk_int8_psnr"  # dB, int8 against fp32 on held-out frames of the avatar
 # Frames drawn evenly over the avatar: every other one calibrates, the rest are held out.
-# 20 + 20 keep quantizing the 328 U-Net to ~10-20 s on 2 cores; more moved the
-# ranges (and the PSNR) by little.
+# On the trained tiny model (min..max ranges) 20, 40, 80 and 125 frames all gave
+# 39.0-39.4 dB; 40 keep quantizing short (~25 s at 328 on 2 busy cores).
 CALIBRATION_FRAMES = 40
 # Audio features for calibration come from the avatar's first minute: enough
 # speech to span the mouth's shapes, at a bounded cost for a long avatar.
@@ -157,21 +160,16 @@ def quantize_unet(
     fit, held_out = calibration.split()
     spec = fp32.spec
 
-    class Reader(CalibrationDataReader):
-        # Strided calibration (below) asks for one range of frames at a time.
+    feeds = [dict(zip(INPUT_NAMES, frame, strict=True)) for frame in fit.frames()]
+
+    class OneFrame(CalibrationDataReader):
+        # Every range is given (TensorQuantOverrides below); onnxruntime's own
+        # calibration pass only needs to run, so one frame spares its time.
         def __init__(self) -> None:
-            self.set_range(0, len(fit))
-
-        def __len__(self) -> int:
-            return len(fit)
-
-        def set_range(self, start_index: int, end_index: int) -> None:
-            part = slice(start_index, end_index)
-            self.frames = CalibrationSet(fit.images[part], fit.audio[part]).frames()
+            self.frames = iter(feeds[:1])
 
         def get_next(self) -> dict[str, np.ndarray] | None:
-            frame = next(self.frames, None)
-            return None if frame is None else dict(zip(INPUT_NAMES, frame, strict=True))
+            return next(self.frames, None)
 
     with tempfile.TemporaryDirectory(prefix="synctalk-int8-") as tmp:
         prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
@@ -180,19 +178,20 @@ def quantize_unet(
             # convolution is quantized with its final weights.
             quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
             graph = onnx.load(str(prepared), load_external_data=False).graph
+            ranges = activation_ranges(prepared, feeds)
+            overrides = {name: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}]
+                         for name, (lo, hi) in ranges.items()}  # fmt: skip
             quantize_static(
                 str(prepared),
                 str(quantized),
-                Reader(),
+                OneFrame(),
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
                 nodes_to_exclude=_fp32_tail(graph, spec),
-                # Ranges are merged frame by frame: the calibrator otherwise keeps every
-                # activation of every frame (gigabytes at 328) until the end.
-                extra_options={"CalibStridedMinMax": 1},
+                extra_options={"TensorQuantOverrides": overrides},
             )
         model = onnx.load(str(quantized))
         props = {p.key: p.value for p in onnx.load(str(fp32_path), load_external_data=False)
