@@ -3,7 +3,8 @@
 What it guarantees, whatever the task:
 - seeded: the same seed and data give the same losses (on the CPU);
 - the device comes from config; on CUDA it trains with AMP (float16 autocast
-  + grad scaling) and channels_last; on the CPU channels_last only where the
+  + grad scaling; `amp=False` trains in float32, which benchmarks/gpu.py
+  compares) and channels_last; on the CPU channels_last only where the
   task says its model is faster so;
 - gradients are zeroed every step (SyncTalk_2D's SyncNet trainer forgot to);
 - learning rate: linear warm-up, then cosine decay to 5% over all steps;
@@ -107,12 +108,14 @@ class Trainer:
         workdir: Path,
         fingerprint: str = "",
         on_metrics: MetricsLogger | None = None,
+        amp: bool = True,
     ):
         self.task, self.settings, self.device = task, settings, device
         self.workdir = Path(workdir)
         self.fingerprint = fingerprint  # what the inputs were; a resume needs the same
         self.on_metrics = on_metrics or (lambda metrics, step: None)
         self.cuda = device.type == "cuda"
+        self.amp = self.cuda and amp  # float16 autocast exists for CUDA only here
         self.channels_last = self.cuda or task.cpu_channels_last
 
         seed_everything(settings.seed)
@@ -131,7 +134,7 @@ class Trainer:
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimiser, cosine_with_warmup(self.total_steps, warmup)
         )
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.cuda)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.sampler = ResumableSampler(len(task.train_set), settings.seed)
         self.history = History()
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
@@ -223,7 +226,7 @@ class Trainer:
         self.task.val_set.set_epoch(0)  # the same validation samples every time
         sums: dict[str, float] = {}
         n = 0
-        with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.cuda):
+        with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.amp):
             for batch in self._loader(self.task.val_set):
                 batch = self._to_device(batch)
                 size = len(batch[0])
@@ -254,6 +257,17 @@ class Trainer:
         self.last_path.unlink(missing_ok=True)
         self.best_path.unlink(missing_ok=True)
 
+    def train_step(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, dict[str, float]]:
+        """One optimiser step on a batch already on the device: (loss, its logged parts)."""
+        with torch.autocast(self.device.type, enabled=self.amp):
+            loss, parts = self.task.loss(batch)
+        self.optimiser.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimiser)
+        self.scaler.update()
+        self.schedule.step()
+        return loss, parts
+
     def _train_epoch(self) -> None:
         settings, task = self.settings, self.task
         task.train_set.set_epoch(self.epoch)
@@ -263,14 +277,7 @@ class Trainer:
         remaining = self.steps_per_epoch - self.step_in_epoch
         desc = f"{task.name} epoch {self.epoch + 1}/{settings.epochs}"
         for _ in progress(range(remaining), desc, unit="step"):
-            batch = self._to_device(next(batches))
-            with torch.autocast(self.device.type, enabled=self.cuda):
-                loss, parts = task.loss(batch)
-            self.optimiser.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimiser)
-            self.scaler.update()
-            self.schedule.step()
+            loss, parts = self.train_step(self._to_device(next(batches)))
             self.step_in_epoch += 1
             self.global_step += 1
             for key, value in {"loss": float(loss.detach()), **parts}.items():
