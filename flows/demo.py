@@ -28,7 +28,7 @@ from flows.train import train
 from synctalk.avatars import add_avatar
 from synctalk.config import load_config
 from synctalk.demo_avatar import lip_sync_check, make_demo_audio, make_demo_avatar
-from synctalk.paths import AvatarPaths
+from synctalk.paths import AvatarPaths, render_cache
 
 log = logging.getLogger("flows.demo")
 
@@ -54,7 +54,7 @@ def _untrained_render(audio: Path, out: Path) -> Path:
     paths = AvatarPaths(AVATAR, ROOT)
     device = resolve_device("cpu")
     with tempfile.TemporaryDirectory() as tmp:
-        avatar = prepare_render_avatar(paths, unet.spec.geometry, ROOT / "data" / "cache")
+        avatar = prepare_render_avatar(paths, unet.spec.geometry, render_cache(ROOT))
         runtime = load_runtime(unet, config.render, device, Path(tmp))
         front_end = load_front_end(paths.audio_encoder)
         render_video(avatar, runtime, front_end, audio, out, config.render, device)

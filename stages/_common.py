@@ -25,7 +25,7 @@ def write_json(path: Path, data) -> None:
 def sweep_avatar(paths: AvatarPaths) -> None:
     """Remove the temporary files and folders killed stages of this avatar left behind."""
     sweep_stale_temps([paths.work, paths.models, paths.avatar_dir])
-    sweep_stale_temps([paths.training_states, Path("eval") / paths.name], recursive=True)
+    sweep_stale_temps([paths.training_states, paths.eval_dir], recursive=True)
 
 
 def run_stage(

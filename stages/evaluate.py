@@ -41,7 +41,6 @@ def evaluate(name: str, config: Config, paths: AvatarPaths) -> None:
 
     preset = config.preset_of(name)
     device = resolve_device(config.device)
-    out = Path("eval") / name
     settings = {"landmarks": config.landmarks, "device": config.device, "review": config.review}
     with stage_run("evaluate", name, settings), tempfile.TemporaryDirectory() as tmp:
         version = version_of_checkpoint(name, paths.unet)
@@ -52,19 +51,18 @@ def evaluate(name: str, config: Config, paths: AvatarPaths) -> None:
             config.landmarks, config.render, device,
         )  # fmt: skip
         metrics = {k: round(float(v), 6) for k, v in result.metrics.items()}
-        write_json(out / "metrics.json", {**metrics, "model_version": int(version)})
-        write_json(out / "plots" / "sync_offsets.json", [
+        write_json(paths.metrics, {**metrics, "model_version": int(version)})
+        write_json(paths.plots / "sync_offsets.json", [
             {"offset": int(o), "rendered": float(d), "real": float(r)}
             for o, d, r in zip(result.sync.offsets, result.sync.distances,
                                result.sync_real.distances, strict=True)
         ])  # fmt: skip
-        write_json(out / "plots" / "frame_psnr.json", [
+        write_json(paths.plots / "frame_psnr.json", [
             {"frame": int(f), "psnr": float(p)} for f, p in zip(result.frames, result.frame_psnr,
                                                                   strict=True)
         ])  # fmt: skip
         title = f"{name} version {version}, held-out frames"
-        plots = out / "plots"
-        offsets_png, psnr_png = plots / "sync_offsets.png", plots / "frame_psnr.png"
+        offsets_png, psnr_png = paths.plots / "sync_offsets.png", paths.plots / "frame_psnr.png"
         log_offset_curve_plot(result.sync, offsets_png, title, result.sync_real, "real footage")
         write_series_plot(result.frames, result.frame_psnr, psnr_png, title, "frame", "PSNR (dB)")
 

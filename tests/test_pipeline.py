@@ -252,6 +252,46 @@ def test_second_repro_does_nothing(prepared):
     assert stages_run(again.stdout) == []
 
 
+def _stale(root: Path) -> set[str]:
+    return set(json.loads(run(root, "dvc", "status", "--json").stdout))
+
+
+def test_only_code_a_stage_imports_and_settings_that_change_results_make_it_stale(prepared):
+    """The stage contracts (stages/contract.py) at work on a trained avatar: editing the
+    U-Net's building blocks makes the stages that import them stale and leaves the
+    preparation alone; an unimported module or a speed setting makes nothing stale."""
+    from stages.contract import STAGES, code_deps
+
+    root, _ = prepared
+    assert _stale(root) == set()
+    blocks = root / "synctalk" / "models" / "blocks.py"
+    original = blocks.read_bytes()
+    blocks.write_bytes(original + b"\n# an edit\n")
+    try:
+        stale = _stale(root)
+    finally:
+        blocks.write_bytes(original)
+    edited = "synctalk/models/blocks.py"
+    importers = {f"{s.name}@lieu" for s in STAGES if edited in code_deps(s.name)}
+    assert stale == importers and {"syncnet@lieu", "unet@lieu", "evaluate@lieu"} <= stale
+    assert not stale & {"extract@lieu", "landmarks@lieu"}
+
+    cli = root / "synctalk" / "cli.py"  # no stage imports the CLI
+    original = cli.read_bytes()
+    cli.write_bytes(original + b"\n# an edit\n")
+    params = (root / "params.yaml").read_text()
+    faster = params.replace("\ndevice: auto", "\ndevice: cpu").replace(
+        "\nnum_workers: 0", "\nnum_workers: 2"
+    )
+    assert faster.count("cpu") > params.count("cpu") and "num_workers: 2" in faster
+    (root / "params.yaml").write_text(faster)
+    try:
+        assert _stale(root) == set()
+    finally:
+        cli.write_bytes(original)
+        (root / "params.yaml").write_text(params)
+
+
 def test_mlflow_has_a_run_per_stage(prepared):
     root, _ = prepared
     import mlflow
