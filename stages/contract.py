@@ -36,6 +36,7 @@ HEADER = (
 class Out:
     path: Path | str
     cache: bool = True  # False: small files kept in git, not DVC's cache (metrics, plot data)
+    persist: bool = False  # True: DVC does not delete it before running the stage
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class Stage:
     params: tuple[str, ...] = ()
     metrics: tuple[Path, ...] = ()  # JSON for `dvc metrics show` (in git)
     plots: tuple[Path, ...] = ()  # PNGs for `dvc plots show`, which then needs no network
+    always_changed: bool = False  # run on every `dvc repro`: it decides itself what is new
 
 
 STAGES = (
@@ -58,8 +60,9 @@ STAGES = (
     Stage(
         "landmarks",
         deps=(AVATAR.video, AVATAR.frames),
-        # large and re-derivable: not copied into DVC's cache
-        outs=(Out(AVATAR.landmarks), Out(AVATAR.crops, cache=False)),
+        # crops.npy is large but cached all the same: a fresh clone `dvc pull`s it
+        # instead of running the face tracker again
+        outs=(Out(AVATAR.landmarks), Out(AVATAR.crops)),
         params=("landmarks", "avatars.${key}.preset", "presets.${item.preset}.resolution"),
     ),
     Stage(
@@ -120,6 +123,18 @@ STAGES = (
         ),
         metrics=(AVATAR.metrics,),
         plots=(AVATAR.plots / "sync_offsets.png", AVATAR.plots / "frame_psnr.png"),
+    ),
+    # The inbox rendered with the avatar's @champion (or newest version). Whether a
+    # render is up to date depends on the registry's aliases, which DVC cannot see, so
+    # the stage runs every time and the renders ledger skips what is done (seconds when
+    # nothing is new). The renders persist: DVC must not delete them before the stage
+    # runs (the ledger would then render everything again), nor cache them (the ledger,
+    # data/renders/renders.parquet, records them). unet.pth: after the first training.
+    Stage(
+        "render",
+        deps=(AVATAR.unet,),
+        outs=(Out(AVATAR.renders, cache=False, persist=True),),
+        always_changed=True,
     ),
 )
 
@@ -183,7 +198,9 @@ def code_deps(stage: str, root: Path = ROOT) -> list[str]:
 
 
 def _out(out: Out) -> str | dict:
-    return str(out.path) if out.cache else {str(out.path): {"cache": False}}
+    flags = {"cache": False} if not out.cache else {}
+    flags.update({"persist": True} if out.persist else {})
+    return {str(out.path): flags} if flags else str(out.path)
 
 
 def _uncached(paths: tuple[Path, ...]) -> list[dict]:
@@ -205,6 +222,8 @@ def expected_dvc_yaml(root: Path = ROOT) -> dict:
             body["metrics"] = _uncached(stage.metrics)
         if stage.plots:
             body["plots"] = _uncached(stage.plots)
+        if stage.always_changed:
+            body["always_changed"] = True
         stages[stage.name] = {"foreach": "${avatars}", "do": body}
     return {"stages": stages}
 

@@ -7,6 +7,7 @@ import logging
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger("synctalk")
@@ -51,14 +52,41 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dvc_add(root: Path) -> Callable[[Path], None] | None:
+    """`dvc add` of a file of the DVC project at `root` (None when it is not one), so that
+    `dvc push` stores it and another clone's `dvc pull` gets it."""
+    if not (root / ".dvc").is_dir():
+        log.warning("%s is not a DVC project: the avatar's video is not tracked", root.resolve())
+        return None
+    beside = Path(sys.executable).parent / "dvc"  # the environment's own dvc
+    dvc = str(beside) if beside.exists() else "dvc"
+
+    def track(path: Path) -> None:
+        import subprocess
+
+        relative = path.resolve().relative_to(root.resolve())
+        proc = subprocess.run([dvc, "add", str(relative)], cwd=root, capture_output=True,
+                              text=True)  # fmt: skip
+        if proc.returncode != 0:
+            lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+            why = next((ln for ln in lines if "ERROR" in ln), lines[-1] if lines else "")
+            raise RuntimeError(f"dvc add {relative} failed: {why}")
+
+    return track
+
+
 def _cmd_avatar_add(args: argparse.Namespace) -> int:
-    """Copy a video into data/avatars/<name>/ and list the avatar in params.yaml."""
+    """Copy a video into data/avatars/<name>/, put it under DVC, list the avatar in params.yaml."""
     from synctalk.avatars import add_avatar
 
-    target = add_avatar(
-        args.name, Path(args.video), args.preset, Path(args.params), force=args.force
-    )
+    params = Path(args.params)
+    root = params.parent
+    target = add_avatar(args.name, Path(args.video), args.preset, params, root, args.force,
+                        track=_dvc_add(root))  # fmt: skip
     print(f"added avatar {args.name!r}: {target} (preset {args.preset})")
+    if (root / ".dvc").is_dir():
+        dvc_file = target.with_name(f"{target.name}.dvc").relative_to(root)
+        print(f"tracked by DVC: git add {dvc_file} {dvc_file.parent / '.gitignore'} params.yaml")
     print(f"prepare it with: dvc repro features@{args.name}")
     print("or everything at once: dvc repro")
     return 0
@@ -254,8 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="add an avatar from a video of the person talking to camera",
         description=(
             "Check the video (video and audio streams, long enough), copy it to "
-            "data/avatars/<name>/source.<ext> and add <name> to params.yaml, so that "
-            "`dvc repro` prepares it."
+            "data/avatars/<name>/source.<ext>, track it with `dvc add` (so `dvc push` "
+            "stores it) and add <name> to params.yaml, so that `dvc repro` prepares it."
         ),
     )
     add.add_argument("name", help="avatar name: lower-case letters, digits, '-' and '_'")

@@ -14,7 +14,8 @@ from tests.conftest import REPO
 
 # What a project checkout needs for `dvc repro` (the rest is tests and docs).
 PROJECT_FILES = [
-    "dvc.yaml", "params.yaml", ".dvcignore", "stages", "synctalk", "flows", "models", ".dvc",
+    "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "stages", "synctalk", "flows", "models",
+    ".dvc",
 ]  # fmt: skip
 
 

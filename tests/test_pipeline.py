@@ -50,10 +50,13 @@ def test_repro_runs_every_preparation_stage(prepared):
     root, first = prepared
     if first is None:
         pytest.skip("reusing a project")
-    assert stages_run(first.stdout) == [
+    ran = stages_run(first.stdout)
+    assert ran[:6] == [
         "extract@lieu", "landmarks@lieu", "audio_encoder@lieu", "features@lieu", "syncnet@lieu",
-        "unet@lieu", "evaluate@lieu",
+        "unet@lieu",
     ]  # fmt: skip
+    assert set(ran[6:]) == {"evaluate@lieu", "render@lieu"} and len(ran) == 8
+    assert "no audio in data/inbox/lieu" in first.stderr  # render@: an empty inbox
     work = root / "data" / "work" / "lieu"
     frames, meta = read_manifest(work / "frames.parquet", FRAMES_SCHEMA)
     assert abs(frames.num_rows - 45.18 * 25) <= 2
@@ -247,13 +250,17 @@ def test_render_with_the_trained_avatar(prepared, tmp_path):
 
 
 def test_second_repro_does_nothing(prepared):
+    """Nothing but render@, which always runs (the ledger decides), and renders nothing."""
     root, _ = prepared
     again = run(root, "dvc", "repro")
-    assert stages_run(again.stdout) == []
+    assert stages_run(again.stdout) == ["render@lieu"]
+    assert "nothing to render" in again.stderr
 
 
 def _stale(root: Path) -> set[str]:
-    return set(json.loads(run(root, "dvc", "status", "--json").stdout))
+    """Stages `dvc status` finds out of date, but for the always-changed render@."""
+    status = json.loads(run(root, "dvc", "status", "--json").stdout)
+    return {stage for stage, why in status.items() if why != ["always changed"]}
 
 
 def test_only_code_a_stage_imports_and_settings_that_change_results_make_it_stale(prepared):
@@ -290,6 +297,33 @@ def test_only_code_a_stage_imports_and_settings_that_change_results_make_it_stal
     finally:
         cli.write_bytes(original)
         (root / "params.yaml").write_text(params)
+
+
+def test_a_second_clone_pulls_everything_from_the_dvc_remote(prepared, tmp_path):
+    """The source video (`avatar add` put it under DVC) and every cached stage output,
+    crops.npy included, go to a DVC remote (a local folder) and come back in another
+    clone: there DVC finds everything up to date and `dvc repro` runs nothing."""
+    import shutil
+
+    root, _ = prepared
+    assert (root / "data" / "avatars" / "lieu" / "source.mp4.dvc").is_file()
+    remote = tmp_path / "remote"
+    run(root, "dvc", "remote", "add", "-d", "--local", "store", str(remote))
+    run(root, "dvc", "push")
+    # what `git clone` gives: the files git tracks (DVC wrote .gitignore files for the rest)
+    listed = run(root, "git", "ls-files", "--others", "--exclude-standard").stdout.split()
+    clone = tmp_path / "clone"
+    for name in listed:
+        (clone / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / name, clone / name)
+    assert not (clone / "data" / "work").exists() and (clone / "dvc.lock").is_file()
+    subprocess.run(["git", "init", "-q"], cwd=clone, check=True)
+    run(clone, "dvc", "remote", "add", "-d", "--local", "store", str(remote))
+    run(clone, "dvc", "pull")
+    crops = "data/work/lieu/crops.npy"
+    assert (clone / crops).read_bytes() == (root / crops).read_bytes()
+    assert _stale(clone) == set()
+    assert stages_run(run(clone, "dvc", "repro").stdout) == ["render@lieu"]  # nothing to render
 
 
 def test_mlflow_has_a_run_per_stage(prepared):
@@ -509,6 +543,54 @@ def _model_versions(root: Path) -> list[str]:
     return [str(v.version) for v in client.search_model_versions("name='avatar-lieu'")]
 
 
+def _inbox_speech(path: Path, start_s: float, seconds: float = 2.0) -> None:
+    import wave
+
+    from synctalk.media.audio import load_audio
+
+    speech = load_audio(shared_path("data", "audio", "macron_fr_12s.wav"))
+    clip = speech[int(start_s * 16000) : int((start_s + seconds) * 16000)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(path), "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(2)
+        f.setframerate(16000)
+        f.writeframes((np.clip(clip, -1, 1) * 32767).astype("<i2").tobytes())
+
+
+def _render_stage(root: Path) -> tuple[int, int]:
+    """`dvc repro render@lieu` (its upstream left alone): (rendered, up to date)."""
+    proc = run(root, "dvc", "repro", "--single-item", "render@lieu")
+    assert stages_run(proc.stdout) == ["render@lieu"]
+    counts = re.search(r"lieu: (\d+) rendered, (\d+) up to date, 0 failed", proc.stderr)
+    assert counts, proc.stderr[-2000:]
+    return int(counts[1]), int(counts[2])
+
+
+def test_render_stage_renders_exactly_what_is_new(prepared):
+    """render@lieu renders its inbox with @champion through the renders ledger: new and
+    changed files only, and everything again under a newly promoted champion."""
+    from synctalk.render.ledger import RenderLedger
+
+    root, _ = prepared
+    versions = _second_version(root)
+    _promote_champion(root, str(versions[0]))
+    inbox = root / "data" / "inbox" / "lieu"
+    for i, start in enumerate((0.0, 3.0, 6.0)):
+        _inbox_speech(inbox / f"take{i}.wav", start)
+    assert _render_stage(root) == (3, 0)
+    assert _render_stage(root) == (0, 3)
+    _inbox_speech(inbox / "take1.wav", 9.0)  # replaced
+    assert _render_stage(root) == (1, 2)
+    _promote_champion(root, str(versions[-1]))
+    assert _render_stage(root) == (3, 0)
+    videos = sorted(p.name for p in (root / "data" / "renders" / "lieu").glob("take*.mp4"))
+    assert videos == ["take0.mp4", "take1.mp4", "take2.mp4"]
+    rows = RenderLedger(root / "data" / "renders" / "renders.parquet").read().to_pylist()
+    done = [r["model_version"] for r in rows if r["status"] == "done" and "take" in r["audio_path"]]
+    assert done.count(str(versions[0])) == 4 and done.count(str(versions[-1])) == 3
+
+
 def test_changing_landmark_params_reruns_only_landmarks_and_after(prepared):
     root, _ = prepared
     set_params(root, landmarks={"smoothing_sigma": 2.5})
@@ -524,14 +606,31 @@ def test_changing_landmark_params_reruns_only_landmarks_and_after(prepared):
     assert not stale & {"extract@lieu", "landmarks@lieu"}
 
 
-def test_avatar_add_refuses_bad_names_and_duplicates(prepared):
+def _tree(root: Path) -> dict[str, int]:
+    """Every file under data/ and the project's top level, with its size."""
+    files = [*root.glob("data/**/*"), *root.glob("*")]
+    return {str(f.relative_to(root)): f.stat().st_size for f in files if f.is_file()}
+
+
+def test_avatar_add_refuses_bad_input_and_writes_nothing(prepared, tmp_path):
     root, _ = prepared
     video = shared_path("data", "videos", "may_5s.mp4")
-    dup = run(root, sys.executable, "-m", "synctalk.cli", "avatar", "add", "lieu", str(video),
-              check=False)  # fmt: skip
-    assert dup.returncode != 0 and "already exists" in dup.stderr
-    bad = run(root, sys.executable, "-m", "synctalk.cli", "avatar", "add", "Bad Name", str(video),
-              check=False)  # fmt: skip
-    assert bad.returncode != 0 and "avatar name" in bad.stderr
-    assert "Bad Name" not in (root / "params.yaml").read_text()
+    before, params = _tree(root), (root / "params.yaml").read_text()
+    stale = _stale(root)
+    cases = {  # name, video -> what the one error line says
+        ("lieu", video): "avatar 'lieu' already exists",
+        ("a/b", video): "avatar name 'a/b'",
+        ("..", video): "avatar name '..'",
+        ("../up", video): "avatar name '../up'",
+        ("Bad Name", video): "avatar name 'Bad Name'",
+        ("fresh", tmp_path / "missing.mp4"): f"{tmp_path / 'missing.mp4'}: no such file",
+    }
+    for (name, source), message in cases.items():
+        proc = run(root, sys.executable, "-m", "synctalk.cli", "avatar", "add", name,
+                   str(source), "--preset", "tiny", check=False)  # fmt: skip
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], (name, lines)
+    assert _tree(root) == before and (root / "params.yaml").read_text() == params
+    assert not (root / "data" / "avatars" / "fresh").exists()
+    assert _stale(root) == stale  # nothing new for DVC either
     assert load_config(root / "params.yaml").avatars.keys() == {"lieu"}
