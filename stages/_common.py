@@ -9,9 +9,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from stages.lineage import lineage
 from synctalk.atomic import atomic_path, sweep_stale_temps
 from synctalk.config import Config, ConfigError, load_config
 from synctalk.paths import AvatarPaths
+from synctalk.tracking import RUN_TAGS
 
 log = logging.getLogger("stages")
 
@@ -49,6 +51,7 @@ def run_stage(
             )
         paths = AvatarPaths(args.avatar, Path("."))
         sweep_avatar(paths)
+        RUN_TAGS.update(lineage(name, args.avatar, config, Path(args.params)))
         body(args.avatar, config, paths)
     except Exception as exc:  # one readable line for DVC's log, the trace at debug level
         log.debug("stage %s failed", name, exc_info=True)

@@ -226,6 +226,39 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_models_show(args: argparse.Namespace) -> int:
+    """Print a version's aliases, metrics and lineage, and the commands that reproduce it."""
+    import json
+
+    from synctalk.paths import AvatarPaths
+    from synctalk.registry import aliases, evaluation_metrics, resolve_version
+
+    _use_tracking(args)
+    version = resolve_version(args.avatar, args.version)
+    number, tags = str(version.version), dict(version.tags or {})
+    on = sorted(a for a, v in aliases(args.avatar).items() if v == number)
+    print(f"avatar-{args.avatar} version {number}  aliases: {', '.join(on) or '-'}")
+    print(f"run {version.run_id}")
+    for key, value in sorted(evaluation_metrics(args.avatar, number).items()):
+        print(f"  {key:24s} {value:.6g}")
+    print("lineage:")
+    for key in ("git_commit", "git_dirty", "source_md5", "inputs_md5", "unet_sha256"):
+        print(f"  {key:24s} {tags.get(key, '-')}")
+    for title, key in (("params", "dvc_params"), ("dependencies (md5)", "dvc_deps_md5")):
+        print(f"{title}:")
+        for name, value in json.loads(tags.get(key, "{}")).items():
+            print(f"  {name}: {json.dumps(value) if isinstance(value, dict) else value}")
+    print("reproduce it:")
+    commit = tags.get("git_commit", "unknown")
+    if tags.get("git_dirty") == "true":
+        print("  # the tree had uncommitted changes then: the commit alone may not reproduce it")
+    print(f"  git checkout {commit}")
+    print("  dvc pull                      # the source video and prepared data")
+    print(f"  dvc repro --force unet@{args.avatar}")
+    print(f"  sha256sum {AvatarPaths(args.avatar).unet}   # expect {tags.get('unet_sha256', '?')}")
+    return 0
+
+
 def _cmd_models_compare(args: argparse.Namespace) -> int:
     """Print the evaluation metrics of versions side by side."""
     from synctalk.registry import evaluation_metrics
@@ -381,6 +414,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     listing.add_argument("avatar")
     listing.set_defaults(func=_cmd_models_list)
+    show = models_sub.add_parser(
+        "show",
+        help="a version's aliases, metrics, lineage and how to reproduce it",
+        description="The version's git commit (and whether the tree was dirty), source video "
+        "md5, the md5 of every dependency and the params of the stage that trained it, its "
+        "evaluation metrics and aliases, then the commands that reproduce its unet.pth.",
+    )
+    show.add_argument("avatar")
+    show.add_argument("version", help="version number or alias")
+    show.set_defaults(func=_cmd_models_show)
     compare = models_sub.add_parser(
         "compare",
         help="evaluation metrics of two or more versions side by side",

@@ -39,7 +39,14 @@ from typing import Any
 from synctalk.config import ReviewParams
 from synctalk.hashing import file_sha256
 from synctalk.paths import AvatarPaths
-from synctalk.tracking import TrackingStoreError, apply_offline_env, check_tracking_store
+from synctalk.tracking import (
+    RUN_TAGS,
+    TrackingStoreError,
+    apply_offline_env,
+    check_tracking_store,
+    git_commit,
+    git_dirty,
+)
 
 log = logging.getLogger(__name__)
 
@@ -186,11 +193,14 @@ def register_avatar_model(
             registered_model_name=model_name(paths.name),
         )
     version = str(info.registered_model_version)
-    # lets `evaluate` find the version of the checkpoint it is given
+    # unet_sha256 lets `evaluate` find the version of the checkpoint it is given; the
+    # rest is the version's lineage (`synctalk models show`)
+    tags = {"unet_sha256": file_sha256(paths.unet), "git_commit": git_commit(paths.root),
+            "git_dirty": git_dirty(paths.root), **RUN_TAGS}  # fmt: skip
     with _registry("tag the new version"):
-        _client().set_model_version_tag(
-            model_name(paths.name), version, "unet_sha256", file_sha256(paths.unet)
-        )
+        client = _client()
+        for key, value in tags.items():
+            client.set_model_version_tag(model_name(paths.name), version, key, value)
     log.info("registered %s version %s", model_name(paths.name), version)
     return version
 

@@ -135,6 +135,38 @@ def test_tiny_training_learns_and_registers_version_1(prepared):
     assert load_unet(files.unet).spec.mobile is True
 
 
+def test_models_show_prints_the_lineage_of_a_version(prepared):
+    """Version 1 traces back to its code, source video, inputs (what dvc.lock recorded for
+    unet@lieu) and params; `models show` prints that and the commands to reproduce it."""
+    import hashlib
+
+    import yaml
+
+    from synctalk.hashing import file_sha256
+
+    root, _ = prepared
+    client, runs = _runs(root)
+    version = client.get_model_version("avatar-lieu", "1")
+    tags = version.tags
+    source = root / "data" / "avatars" / "lieu" / "source.mp4"
+    assert tags["source_md5"] == hashlib.md5(source.read_bytes()).hexdigest()
+    assert tags["git_dirty"] in ("true", "false", "unknown") and tags["git_commit"]
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]["unet@lieu"]
+    recorded = json.loads(tags["dvc_deps_md5"])
+    assert {d["path"]: d["md5"] for d in lock["deps"]} == recorded  # the stage's dvc.lock deps
+    assert "synctalk/models/blocks.py" in recorded and "data/work/lieu/crops.npy" in recorded
+    params = json.loads(tags["dvc_params"])
+    assert params["avatars.lieu.preset"] == "tiny" and params["presets.tiny"]["resolution"] == "160"
+    for run_ in runs:  # every stage's run carries its own lineage
+        assert {"git_dirty", "source_md5", "dvc_deps_md5", "dvc_params"} <= run_.data.tags.keys()
+
+    shown = _cli(root, "models", "show", "lieu", "1").stdout
+    assert tags["source_md5"] in shown and "synctalk/models/blocks.py" in shown
+    assert "presets.tiny" in shown and "dvc repro --force unet@lieu" in shown
+    assert f"expect {file_sha256(root / 'data' / 'models' / 'lieu' / 'unet.pth')}" in shown
+    print("\n" + shown)
+
+
 def test_evaluate_writes_the_four_metrics_and_marks_the_candidate(prepared):
     root, _ = prepared
     metrics = json.loads((root / "eval" / "lieu" / "metrics.json").read_text())
