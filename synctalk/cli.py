@@ -242,7 +242,7 @@ def _cmd_models_show(args: argparse.Namespace) -> int:
     for key, value in sorted(evaluation_metrics(args.avatar, number).items()):
         print(f"  {key:24s} {value:.6g}")
     print("lineage:")
-    for key in ("git_commit", "git_dirty", "source_md5", "inputs_md5", "unet_sha256"):
+    for key in ("git_commit", "git_dirty", "source_md5", "unet_sha256"):
         print(f"  {key:24s} {tags.get(key, '-')}")
     for title, key in (("params", "dvc_params"), ("dependencies (md5)", "dvc_deps_md5")):
         print(f"{title}:")
