@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from synctalk.models.checkpoint import file_sha256
+from synctalk.hashing import file_sha256
 from synctalk.render.ledger import RenderLedger, RenderRecord
 
 TARGET_MS = 20.0

@@ -136,7 +136,7 @@ def build_project(
 
 
 def background_points(root: Path, avatar: str, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
-    """(schedule, face-mesh points [n, 478, 2]) of the avatar frames a render is drawn on."""
+    """(schedule, face-mesh points [n, 468, 2]) of the avatar frames a render is drawn on."""
     paths = AvatarPaths(avatar, root)
     table, _ = read_manifest(paths.landmarks, LANDMARKS_SCHEMA)
     points = np.stack([np.asarray(p, np.float32).reshape(-1, 2) for p in table["landmarks"]])

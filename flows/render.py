@@ -155,10 +155,6 @@ def render(
     files = [f.absolute() for f in audio_files(_path(audio_dir, paths.inbox), glob)]
     out = _path(output_dir, paths.renders).absolute()
     outputs = output_paths(files, out)
-    check_writable(out)
-    ledger = RenderLedger(LEDGER)
-    ledger.check()
-    batch_id = flow_run.id or ""
     if model_alias is None and config.nightly.require_champion:
         # only a reviewed model renders unattended (nightly.require_champion)
         if champion_version(avatar) is None:
@@ -166,8 +162,17 @@ def render(
             logger.error("avatar-%s has no @%s: nothing rendered (%s)", avatar, CHAMPION, promote)
             return {"done": 0, "skipped": 0, "failed": 0, "no_champion": 1}
         model_alias = CHAMPION
+    batch_id = flow_run.id or ""
+    # the model first: with a registry that cannot be read, nothing is created
     renderer = AvatarRenderer(config, avatar, model_alias, ROOT, batch_id, _worker())
-    renderer.sweep(out)
+    try:
+        check_writable(out)
+        ledger = RenderLedger(LEDGER)
+        ledger.check()
+        renderer.sweep(out)
+    except BaseException:
+        renderer.close()
+        raise
     logger.info(
         "%d audio files, avatar-%s version %s%s",
         len(files),

@@ -209,7 +209,9 @@ class RenderParams:
     x264_preset: str = "veryfast"
     same_start_end: bool = False  # end the background loop on the frame it started on
     feather: float = 0.08  # fraction of the crop side blended softly at the paste's edge
-    paste_region: Literal["box", "lower_face"] = "lower_face"  # what of the prediction is pasted
+    # What of the prediction is pasted. "lower_face" keeps the cheeks' outline the
+    # source's, and that outline moves with the source's jaw, not the new audio.
+    paste_region: Literal["box", "lower_face"] = "box"
     batch_size: int = 16  # frames per model call on a GPU (the CPU runs one at a time)
     runtime: Literal["auto", "onnx", "torch"] = "auto"  # auto: torch on GPU, onnxruntime on CPU
     queue_frames: int = 32  # bound on frames in flight between decode, model and encode

@@ -308,8 +308,8 @@ def test_train_runs_each_stage_as_a_task_and_one_training_per_avatar(production)
     stages = [
         "extract@may",
         "landmarks@may",
-        "ave_encoder@may",
-        "ave@may",
+        "audio_encoder@may",
+        "features@may",
         "syncnet@may",
         "unet@may",
         "evaluate@may",

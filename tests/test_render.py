@@ -144,6 +144,15 @@ def test_alpha_masks():
     assert feather_alpha(100, 0.1)[0] is alpha  # made once per side
 
 
+def test_the_lower_face_region_pastes_mouth_and_chin_and_keeps_the_corners():
+    alpha, _ = feather_alpha(100, 0.08, "lower_face")
+    np.testing.assert_allclose(alpha, alpha[:, ::-1])  # left-right symmetric
+    assert alpha[75, 50] == 1 and alpha[85, 50] == 1  # mouth and chin: the prediction
+    assert alpha[2, 2] == 0 and alpha[98, 2] == 0  # the box's corners: the source's
+    with pytest.raises(ValueError, match="paste region"):
+        feather_alpha(100, 0.08, "face")
+
+
 # --------------------------------------------------------------------------
 # a prepared avatar (may_5s, 512x512, 125 frames) and an untrained tiny model
 

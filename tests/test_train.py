@@ -218,7 +218,7 @@ def test_fine_tuning_from_an_original_checkpoint(tmp_path):
             state[k] = torch.ones_like(state[k])
     path = tmp_path / "synctalk_original.pth"
     torch.save(state, path)
-    preset = ModelPreset(resolution="160", audio_mode="ave", mobile=False)
+    preset = ModelPreset(resolution="160", audio_mode="ave", mobile=False, input_mask="mouth")
     training = unet_training(epochs=1, steps_per_epoch=3, init_checkpoint=str(path))
     task = UNetTask(synthetic_avatar(), preset, training, syncnet=None)
     assert torch.equal(task.model.state_dict()["outc.conv.weight"], state["outc.conv.weight"])

@@ -2,7 +2,7 @@
 
 Drive an avatar with the audio track of a real talking-head video (the
 driver) and compare mouths frame by frame, each measured as the inner-lip gap
-of the 478-point face mesh (landmarks 13 and 14) divided by the distance
+of the face mesh (landmarks 13 and 14) divided by the distance
 between the outer eye corners (33 and 263), so face size and distance to the
 camera drop out:
 
@@ -32,11 +32,11 @@ from synctalk.evaluate.metrics import pearson
 LIP_TOP, LIP_BOTTOM = 13, 14  # inner-lip midpoints of the face mesh
 EYE_LEFT, EYE_RIGHT = 33, 263  # outer eye corners
 MAX_LAG = 2  # frames
-MESH_POINTS = 478
+MESH_POINTS = 468  # the face mesh without iris refinement (MediapipeFaceBackend)
 
 
 def lip_gap(points: np.ndarray) -> np.ndarray:
-    """Inner-lip gap over eye distance, float64 [N], from face-mesh points [N, 478, 2]."""
+    """Inner-lip gap over eye distance, float64 [N], from face-mesh points [N, 468, 2]."""
     pts = np.asarray(points, dtype=np.float64)
     if pts.ndim == 2:
         pts = pts[None]
@@ -65,7 +65,7 @@ def best_lag_correlation(a: np.ndarray, b: np.ndarray, max_lag: int = MAX_LAG) -
 
 
 def face_mesh_points(frames: Iterable[np.ndarray]) -> np.ndarray:
-    """float32 [N, 478, 2]: the face mesh of the largest face of each BGR frame (NaN if none)."""
+    """float32 [N, 468, 2]: the face mesh of the largest face of each BGR frame (NaN if none)."""
     from synctalk.face.mediapipe_backend import MediapipeFaceBackend
 
     points = []

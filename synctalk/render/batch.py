@@ -255,12 +255,13 @@ def render_batch(
     files = [f.absolute() for f in audio_files(audio, pattern)]
     out_dir = out_dir.absolute()
     outputs = output_paths(files, out_dir)
-    check_writable(out_dir)
-    ledger = RenderLedger(renders_ledger(root))
-    ledger.check()
+    # the model first: with a registry that cannot be read, nothing is created
     renderer = AvatarRenderer(config, avatar, model_alias, root)
-    renderer.sweep(out_dir)
     try:
+        check_writable(out_dir)
+        ledger = RenderLedger(renders_ledger(root))
+        ledger.check()
+        renderer.sweep(out_dir)
         return [renderer.render_if_changed(f, outputs[f], ledger, force) for f in files]
     finally:
         renderer.close()
