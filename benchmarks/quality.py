@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -55,6 +54,7 @@ from synctalk.media.ffmpeg import ffmpeg_exe  # noqa: E402
 from synctalk.media.video import iter_frames  # noqa: E402
 from synctalk.paths import AvatarPaths  # noqa: E402
 from synctalk.render.avatar import background_schedule  # noqa: E402
+from tests.project import make_project, run  # noqa: E402  (the scratch project the pipeline tests use)
 
 log = logging.getLogger("quality")
 VIDEOS = REPO.parent / "shared" / "data" / "videos"
@@ -69,21 +69,6 @@ TARGETS = {
 }
 SHEET_COLUMNS = 12
 MOUTH_TILE = (96, 64)  # width, height of a mouth in the contact sheet
-
-
-def _env(root: Path) -> dict[str, str]:
-    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}")
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    return env
-
-
-def _run(root: Path, *args: str) -> str:
-    proc = subprocess.run(args, cwd=root, env=_env(root), capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-        )
-    return proc.stdout
 
 
 def apply_settings(params: Path, settings: list[str]) -> None:
@@ -109,11 +94,10 @@ def build_project(
     out: Path, video: Path, avatar: str, preset: str, settings: list[str]
 ) -> tuple[Path, dict]:
     """A scratch project with `avatar` trained by its DVC stages; seconds per stage."""
-    from tests.project import make_project  # the same scratch copy the pipeline tests use
 
     root = make_project(out)
     apply_settings(root / "params.yaml", settings)
-    _run(
+    run(
         root,
         sys.executable,
         "-m",
@@ -129,7 +113,7 @@ def build_project(
     for stage in STAGES:
         started = time.perf_counter()
         log.info("dvc repro %s@%s", stage, avatar)
-        _run(root, "dvc", "repro", "--single-item", f"{stage}@{avatar}")
+        run(root, "dvc", "repro", "--single-item", f"{stage}@{avatar}")
         seconds[stage] = time.perf_counter() - started
         log.info("%s@%s: %.1f min", stage, avatar, seconds[stage] / 60)
     return root, seconds
@@ -292,7 +276,7 @@ def main() -> None:
     report["drivers"] = {}
     for driver in drivers:
         log.info("driving %s with %s", args.avatar, driver.name)
-        _run(
+        run(
             root,
             sys.executable,
             "-m",

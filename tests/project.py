@@ -72,6 +72,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for_url(
+    url: str, timeout: float, poll: float = 1.0, process: subprocess.Popen | None = None
+) -> bool:
+    """True once `url` answers 200; False after `timeout` s or once `process` has exited."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and (process is None or process.poll() is None):
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return True
+        except OSError:
+            time.sleep(poll)
+    return False
+
+
 class PrefectServer:
     """A throwaway local Prefect server (127.0.0.1 only) with its own home folder."""
 
@@ -89,18 +107,8 @@ class PrefectServer:
         )  # fmt: skip
 
     def wait_ready(self, timeout: float = 120) -> None:
-        import time
-        import urllib.request
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(1)
-        raise TimeoutError("the Prefect server did not start")
+        if not wait_for_url(f"{self.url}/health", timeout):
+            raise TimeoutError("the Prefect server did not start")
 
     def last_flow_run_seconds(self) -> float:
         """Run time (start to end, as the server recorded it) of the newest finished flow run.

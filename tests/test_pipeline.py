@@ -23,7 +23,7 @@ from synctalk.manifest import (
     read_manifest,
 )
 from tests.conftest import shared_path
-from tests.project import make_project, run, set_params, stages_run
+from tests.project import make_project, run, set_params, stages_run, wait_for_url
 
 pytestmark = pytest.mark.slow
 
@@ -481,7 +481,6 @@ def test_champion_served_over_http_renders_what_the_cli_renders(prepared, tmp_pa
     a wav POSTed as base64 comes back as the mp4 `synctalk render` makes, pixel for pixel."""
     import base64
     import signal
-    import time
     import urllib.error
     import urllib.request
 
@@ -526,14 +525,7 @@ def test_champion_served_over_http_renders_what_the_cli_renders(prepared, tmp_pa
             return error.code, json.loads(error.read())
 
     try:
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and server.poll() is None:
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                time.sleep(2)
+        wait_for_url(f"{url}/ping", 600, poll=2, process=server)
         assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
 
         speech = shared_path("data", "audio", "macron_fr_12s.wav")
