@@ -19,14 +19,12 @@ LINEAGE_TAGS = ("source_md5", "dvc_deps_md5", "dvc_params")
 
 
 def _md5(path: Path) -> str:
-    """A file's md5 (as DVC's); a folder's: md5 over its files' relative paths and md5s."""
+    """A file's md5; a folder's as DVC computes it (dvc.lock's `<md5>.dir`): the md5 of
+    the JSON list of its files' md5s and relative paths, sorted by path."""
     if path.is_dir():
-        lines = [
-            f"{p.relative_to(path).as_posix()} {_md5(p)}"
-            for p in sorted(path.rglob("*"))
-            if p.is_file()
-        ]
-        return hashlib.md5("\n".join(lines).encode()).hexdigest() + ".dir"
+        files = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
+        entries = [{"md5": _md5(path / f), "relpath": f} for f in files]
+        return hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest() + ".dir"
     digest = hashlib.md5()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

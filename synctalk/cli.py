@@ -248,14 +248,18 @@ def _cmd_models_show(args: argparse.Namespace) -> int:
         print(f"{title}:")
         for name, value in json.loads(tags.get(key, "{}")).items():
             print(f"  {name}: {json.dumps(value) if isinstance(value, dict) else value}")
-    print("reproduce it:")
+    # The commit is the one checked out when it trained, which has no dvc.lock for it
+    # yet: the inputs come back from DVC's run cache (`dvc push --run-cache` stored every
+    # stage run), keyed by exactly the code, data and params they were made from.
+    print("reproduce it (the same commit, data and machine give the same bytes):")
     commit = tags.get("git_commit", "unknown")
     if tags.get("git_dirty") == "true":
         print("  # the tree had uncommitted changes then: the commit alone may not reproduce it")
+    name = args.avatar
     print(f"  git checkout {commit}")
-    print("  dvc pull                      # the source video and prepared data")
-    print(f"  dvc repro --force unet@{args.avatar}")
-    print(f"  sha256sum {AvatarPaths(args.avatar).unet}   # expect {tags.get('unet_sha256', '?')}")
+    print(f"  dvc repro --pull unet@{name}             # its inputs, from the remote's run cache")
+    print(f"  dvc repro --force --single-item unet@{name}   # the U-Net trained again")
+    print(f"  sha256sum {AvatarPaths(name).unet}   # expect {tags.get('unet_sha256', '?')}")
     return 0
 
 

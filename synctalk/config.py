@@ -142,7 +142,7 @@ class UNetTraining(Training):
     l1_weight: float = 1.0
     perceptual_weight: float = 0.01  # VGG19 conv3_3 features; needs vgg19 weights
     sync_weight: float = 10.0  # the avatar's frozen SyncNet
-    vgg19: str = "models/vgg19.pth"  # torchvision-format VGG19 state dict
+    vgg19: str = "models/vgg/vgg19.pth"  # torchvision-format VGG19 state dict
     init_checkpoint: str = ""  # an original SyncTalk_2D U-Net to fine-tune from
 
 

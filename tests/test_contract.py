@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 
 import pytest
 import yaml
@@ -89,3 +90,47 @@ def test_speed_settings_are_not_params():
     # whole preset sections are params: they must hold no speed knobs
     assert "num_workers" not in {f.name for f in dataclasses.fields(Training)}
     assert "num_workers" in {f.name for f in dataclasses.fields(Config)}
+
+
+def test_weights_in_models_are_stage_inputs_that_go_through_a_dvc_remote(tmp_path):
+    """Weights users put under models/ (README: `dvc add` each file) are inputs: the stages
+    that may read a folder depend on it; git ignores the file and keeps its pointer;
+    `dvc push` stores it and a `git clone` gets it back with `dvc pull`."""
+    from tests.project import commit, make_project, run
+
+    deps = {s.name: set(s.deps) for s in STAGES}
+    assert "models/face" in deps["landmarks"] & deps["evaluate"]
+    assert "models/ave" in deps["audio_encoder"] and "models/vgg" in deps["unet"]
+
+    root = make_project(tmp_path)
+    weights = root / "models" / "vgg" / "vgg19.pth"
+    weights.write_bytes(os.urandom(4096))  # stands in for the 550 MB file
+    run(root, "dvc", "add", "models/vgg/vgg19.pth")
+    run(root, "git", "check-ignore", "-q", "models/vgg/vgg19.pth")  # fails unless ignored
+    run(root, "dvc", "remote", "add", "-d", "store", str(tmp_path / "remote"))
+    run(root, "dvc", "push")
+    commit(root, "VGG19 weights")
+    clone = tmp_path / "clone"
+    run(tmp_path, "git", "clone", "-q", str(root), str(clone))
+    assert (clone / "models/vgg/vgg19.pth.dvc").is_file()
+    assert not (clone / "models/vgg/vgg19.pth").exists()
+    run(clone, "dvc", "pull")
+    assert (clone / "models/vgg/vgg19.pth").read_bytes() == weights.read_bytes()
+
+
+def test_the_stages_up_to_the_unet_can_be_restored_from_a_remotes_run_cache():
+    """`synctalk models show`'s commands restore a version's inputs from DVC's run cache,
+    which reaches another machine only for a stage whose every output is cached and not
+    persistent (`dvc push --run-cache` pushes no uncached file). evaluate stays out of
+    the run cache: it moves @candidate, which a restore would not."""
+    by_out = {str(o.path): s for s in STAGES for o in (*s.outs, *s.metrics, *s.plots)}
+    upstream, todo = set(), [next(s for s in STAGES if s.name == "unet")]
+    while todo:
+        stage = todo.pop()
+        upstream.add(stage.name)
+        todo += [by_out[str(d)] for d in stage.deps if str(d) in by_out]
+    assert upstream == {"extract", "landmarks", "audio_encoder", "features", "syncnet", "unet"}
+    for stage in STAGES:
+        outs = (*stage.outs, *stage.metrics, *stage.plots)
+        restorable = all(o.cache and not o.persist for o in outs)
+        assert restorable == (stage.name in upstream), stage.name
