@@ -5,7 +5,8 @@ Writes eval/<avatar>/metrics.json (`dvc metrics show`), the plot data
 then needs no network). The registered version that was evaluated gets the
 metrics on its model (eval_<name>), and its run gets what a reviewer watches
 (synctalk.evaluate.review) and the plots in review/; then it is given the
-alias `candidate`. The stage's own MLflow run records its settings and which
+alias `candidate` (not in a `dvc exp run` experiment: an experiment's version
+is only compared). The stage's own MLflow run records its settings and which
 version it evaluated.
 """
 
@@ -16,7 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from stages._common import run_stage, write_json
+from stages._common import dvc_experiment, run_stage, write_json
 from synctalk.config import Config
 from synctalk.device import resolve_device
 from synctalk.evaluate.review import (
@@ -41,6 +42,7 @@ def evaluate(name: str, config: Config, paths: AvatarPaths) -> None:
 
     preset = config.preset_of(name)
     device = resolve_device(config.device)
+    experiment = dvc_experiment()
     settings = {"landmarks": config.landmarks, "device": config.device, "review": config.review}
     with stage_run("evaluate", name, settings), tempfile.TemporaryDirectory() as tmp:
         version = version_of_checkpoint(name, paths.unet)
@@ -76,8 +78,13 @@ def evaluate(name: str, config: Config, paths: AvatarPaths) -> None:
         for plot in (offsets_png, psnr_png):
             shutil.copy2(plot, media / plot.name)
         attach_evaluation(name, version, metrics, media)
-        set_alias(name, version, CANDIDATE)
-    log.info("%s: version %s is @%s: %s", name, version, CANDIDATE, metrics)
+        if experiment is None:
+            set_alias(name, version, CANDIDATE)
+    if experiment is None:
+        log.info("%s: version %s is @%s: %s", name, version, CANDIDATE, metrics)
+    else:  # aliases move only on the workspace pipeline (`dvc repro`)
+        log.info("%s: version %s of experiment %s, evaluated (no alias moved): %s",
+                 name, version, experiment, metrics)  # fmt: skip
 
 
 if __name__ == "__main__":

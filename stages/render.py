@@ -6,14 +6,16 @@ through the same render keys and ledger as the Prefect `render` flow and
 `synctalk render`: a file already rendered by that model, with its video
 unchanged on disk, is skipped. The stage is `always_changed` (see
 stages/contract.py): which renders are up to date depends on the registry's
-aliases, which DVC cannot see, and the ledger can.
+aliases, which DVC cannot see, and the ledger can. In a `dvc exp run`
+experiment it renders nothing: production renders do not change with an
+experiment.
 """
 
 from __future__ import annotations
 
 import logging
 
-from stages._common import run_stage
+from stages._common import dvc_experiment, run_stage
 from synctalk.config import Config
 from synctalk.paths import AvatarPaths
 from synctalk.render.batch import AUDIO_SUFFIXES, render_batch
@@ -23,6 +25,10 @@ log = logging.getLogger("stages.render")
 
 def render(name: str, config: Config, paths: AvatarPaths) -> None:
     paths.renders.mkdir(parents=True, exist_ok=True)  # the stage's out, even when idle
+    experiment = dvc_experiment()
+    if experiment is not None:  # the inbox's renders are the workspace pipeline's
+        log.info("%s: experiment %s renders nothing (renders use @champion)", name, experiment)
+        return
     pattern = config.nightly.glob
     inbox = paths.inbox
     waiting = inbox.is_dir() and any(

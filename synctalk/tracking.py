@@ -100,6 +100,9 @@ def git_dirty(root: Path = Path(".")) -> str:
 
 # Tags every run of this process gets (the stage's lineage: see stages/lineage.py).
 RUN_TAGS: dict[str, str] = {}
+# The tag of runs (and registered versions) trained for an experiment, its value the
+# experiment's name: such a version is compared, never given an alias by the pipeline.
+EXPERIMENT_TAG = "experiment"
 
 
 @contextmanager
