@@ -23,14 +23,15 @@ from synctalk.manifest import (
     read_manifest,
 )
 from tests.conftest import shared_path
-from tests.project import make_project, run, set_params, stages_run, wait_for_url
+from tests.project import commit, make_project, run, set_params, stages_run, wait_for_url
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    """A project with avatar `lieu` prepared and trained by `dvc repro` (tiny preset).
+    """A project with avatar `lieu` prepared and trained by `dvc repro` (tiny preset), its
+    inputs committed to git first, as a user would (version 1's lineage names that commit).
 
     For debugging, SYNCTALK_REUSE_PROJECT=<a copy of a project a previous run made,
     outside pytest's tmp folder, which pytest prunes> skips the 10-minute repro.
@@ -42,6 +43,7 @@ def prepared(tmp_path_factory):
     root = make_project(tmp_path_factory.mktemp("dvc"))
     run(root, sys.executable, "-m", "synctalk.cli", "avatar", "add", "lieu", str(video),
         "--preset", "tiny")  # fmt: skip
+    commit(root, "avatar lieu")
     first = run(root, "dvc", "repro")
     return root, first
 
@@ -162,7 +164,8 @@ def test_models_show_prints_the_lineage_of_a_version(prepared):
 
     shown = _cli(root, "models", "show", "lieu", "1").stdout
     assert tags["source_md5"] in shown and "synctalk/models/blocks.py" in shown
-    assert "presets.tiny" in shown and "dvc repro --force unet@lieu" in shown
+    assert "presets.tiny" in shown and "dvc repro --force --single-item unet@lieu" in shown
+    assert f"git checkout {tags['git_commit']}" in shown and tags["git_dirty"] == "false"
     assert f"expect {file_sha256(root / 'data' / 'models' / 'lieu' / 'unet.pth')}" in shown
     print("\n" + shown)
 
@@ -315,7 +318,11 @@ def test_only_code_a_stage_imports_and_settings_that_change_results_make_it_stal
         blocks.write_bytes(original)
     edited = "synctalk/models/blocks.py"
     importers = {f"{s.name}@lieu" for s in STAGES if edited in code_deps(s.name)}
-    assert stale == importers and {"syncnet@lieu", "unet@lieu", "evaluate@lieu"} <= stale
+    # render@ imports them too; it runs on every repro anyway, so _stale leaves it out
+    assert "render@lieu" in importers
+    always = {f"{s.name}@lieu" for s in STAGES if s.always_changed}
+    assert stale == importers - always
+    assert {"syncnet@lieu", "unet@lieu", "evaluate@lieu"} <= stale
     assert not stale & {"extract@lieu", "landmarks@lieu"}
 
     cli = root / "synctalk" / "cli.py"  # no stage imports the CLI
@@ -335,30 +342,49 @@ def test_only_code_a_stage_imports_and_settings_that_change_results_make_it_stal
 
 
 def test_a_second_clone_pulls_everything_from_the_dvc_remote(prepared, tmp_path):
-    """The source video (`avatar add` put it under DVC) and every cached stage output,
-    crops.npy included, go to a DVC remote (a local folder) and come back in another
-    clone: there DVC finds everything up to date and `dvc repro` runs nothing."""
-    import shutil
+    """Clone A (the prepared project) pushes the source video (`avatar add` put it under
+    DVC) and every cached stage output, crops.npy included, to a DVC remote (a local
+    folder) and commits; clone B, a `git clone` of that commit sharing A's MLflow store,
+    pulls them: there DVC finds everything up to date, `dvc repro` runs nothing, and
+    `synctalk render` renders what A renders, pixel for pixel."""
+    from synctalk.media.video import iter_frames
 
     root, _ = prepared
     assert (root / "data" / "avatars" / "lieu" / "source.mp4.dvc").is_file()
     remote = tmp_path / "remote"
-    run(root, "dvc", "remote", "add", "-d", "--local", "store", str(remote))
+    run(root, "dvc", "remote", "add", "-f", "-d", "--local", "store", str(remote))
     run(root, "dvc", "push")
-    # what `git clone` gives: the files git tracks (DVC wrote .gitignore files for the rest)
-    listed = run(root, "git", "ls-files", "--others", "--exclude-standard").stdout.split()
+    commit(root, "avatar lieu trained", "dvc.lock", "data", "eval")
     clone = tmp_path / "clone"
-    for name in listed:
-        (clone / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(root / name, clone / name)
-    assert not (clone / "data" / "work").exists() and (clone / "dvc.lock").is_file()
-    subprocess.run(["git", "init", "-q"], cwd=clone, check=True)
+    run(tmp_path, "git", "clone", "-q", str(root), str(clone))
+    # git has DVC's pointers (.dvc files, dvc.lock) and the .gitignore files it wrote
+    # beside each output: no data yet
+    data = [p.relative_to(clone) for p in (clone / "data").rglob("*") if p.is_file()]
+    assert data and all(p.name == ".gitignore" or p.suffix == ".dvc" for p in data), data
+    assert (clone / "dvc.lock").is_file() and not (clone / "data/work/lieu/crops.npy").exists()
     run(clone, "dvc", "remote", "add", "-d", "--local", "store", str(remote))
     run(clone, "dvc", "pull")
     crops = "data/work/lieu/crops.npy"
     assert (clone / crops).read_bytes() == (root / crops).read_bytes()
     assert _stale(clone) == set()
     assert stages_run(run(clone, "dvc", "repro").stdout) == ["render@lieu"]  # nothing to render
+
+    speech = tmp_path / "speech.wav"
+    _inbox_speech(speech, 3.0)
+    store = {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}  # one registry
+    frames = {}
+    for project in (root, clone):
+        out = tmp_path / f"render-{project.name}"
+        run(project, sys.executable, "-m", "synctalk.cli", "render", "--avatar", "lieu",
+            "--audio", str(speech), "--model-alias", "1", "--out", str(out), env=store)  # fmt: skip
+        frames[project] = list(iter_frames(out / "speech.mp4"))
+    assert len(frames[root]) == len(frames[clone]) == 50
+    difference = max(
+        int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max())
+        for a, b in zip(frames[root], frames[clone], strict=True)
+    )
+    print(f"\nA's and B's renders: {len(frames[root])} frames, max abs difference {difference}")
+    assert difference == 0
 
 
 def test_mlflow_has_a_run_per_stage(prepared):
