@@ -237,7 +237,8 @@ def main() -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="change a setting of the scratch project's params.yaml before training, e.g. "
+        help="change a setting of the project's params.yaml (with --project: and re-run "
+        "what it makes stale), e.g. "
         "--set presets.tiny.audio_mode=ave --set presets.tiny.input_mask=mouth",
     )
     parser.add_argument(
@@ -260,6 +261,9 @@ def main() -> None:
     seconds: dict[str, float] = {}
     if args.project:
         root = args.project.resolve()
+        if args.settings:  # what the change makes stale is re-run (a render setting: evaluate)
+            apply_settings(root / "params.yaml", args.settings)
+            run(root, "dvc", "repro", f"evaluate@{args.avatar}")
     else:
         root, seconds = build_project(
             out, args.video.resolve(), args.avatar, args.preset, args.settings

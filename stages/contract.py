@@ -135,6 +135,8 @@ STAGES = (
             "landmarks.backend",
             "render.feather",
             "render.paste_region",
+            "render.articulation",  # the U-Net redraws the held-out frames as a render would
+            "render.audio_smoothing",
             "review.sentence",
             "review.voice",
         ),

@@ -212,6 +212,11 @@ class RenderParams:
     # What of the prediction is pasted. "lower_face" keeps the cheeks' outline the
     # source's, and that outline moves with the source's jaw, not the new audio.
     paste_region: Literal["box", "lower_face"] = "box"
+    # How the audio drives the mouth (Whisper U-Nets): the audio vector pushed this
+    # many times as far from its training mean (synctalk.models.unet.articulate) and
+    # the audio features blurred over time by a Gaussian of this many frames.
+    articulation: float = 1.5
+    audio_smoothing: float = 1.0
     batch_size: int = 16  # frames per model call on a GPU (the CPU runs one at a time)
     runtime: Literal["auto", "onnx", "torch"] = "auto"  # auto: torch on GPU, onnxruntime on CPU
     queue_frames: int = 32  # bound on frames in flight between decode, model and encode

@@ -145,3 +145,55 @@ def test_a_luminance_only_syncnet_cannot_push_colours(tmp_path):
     colour = build_syncnet("160", "ave", mobile=True)
     assert not colour.luminance_only
     assert colour.embed_face(face).sub(colour.embed_face(grey)).abs().max() > 0
+
+
+def _whisper_unet_with_centre(windows: torch.Tensor):
+    from synctalk.models.unet import fit_audio_centre
+
+    torch.manual_seed(0)
+    unet = build_unet("160", "whisper", mobile=True, input_mask="jaw").eval()
+    fit_audio_centre(unet, windows)
+    return unet
+
+
+def test_articulation_pushes_the_audio_vector_from_its_training_centre():
+    from synctalk.models.unet import articulate
+
+    torch.manual_seed(1)
+    windows = torch.randn(40, *UNET_AUDIO_SHAPES["whisper"])
+    unet = _whisper_unet_with_centre(windows)
+    centre = unet.audio_model.centre
+    with torch.no_grad():
+        assert torch.allclose(unet.audio_model(windows).mean(0).flatten(), centre, atol=1e-4)
+        pushed = articulate(unet, 2.5)
+        assert pushed is not unet and unet.audio_model.centre is centre  # a copy
+        before = unet.audio_model(windows[:3]).flatten(1)
+        after = pushed.audio_model(windows[:3]).flatten(1)
+    assert torch.allclose(after, centre + 2.5 * (before - centre), atol=1e-3)
+    assert articulate(unet, 1.0) is unet
+
+
+def test_a_unet_without_a_centre_renders_unarticulated(caplog):
+    from synctalk.models.unet import articulate
+
+    unet = build_unet("160", "whisper", mobile=True, input_mask="jaw")
+    assert torch.isnan(unet.audio_model.centre).all()  # never fitted
+    assert articulate(unet, 2.0) is unet
+    assert "articulation 2.00 ignored" in caplog.text
+    ave = build_unet("160", "ave")
+    assert articulate(ave, 2.0) is ave and "audio mode ave" in caplog.text
+
+
+def test_the_audio_centre_travels_with_the_checkpoint(tmp_path):
+    from synctalk.models.checkpoint import load_unet, save_model
+
+    windows = torch.randn(8, *UNET_AUDIO_SHAPES["whisper"])
+    unet = _whisper_unet_with_centre(windows)
+    save_model(unet, tmp_path / "unet.pth", avatar="t")
+    loaded = load_unet(tmp_path / "unet.pth")
+    assert torch.equal(loaded.audio_model.centre, unet.audio_model.centre)
+    # a Whisper U-Net saved before the centre existed still loads (without one)
+    state = {k: v for k, v in unet.state_dict().items() if k != "audio_model.centre"}
+    torch.save(state, tmp_path / "old.pth")
+    (tmp_path / "old.pth.json").write_text((tmp_path / "unet.pth.json").read_text())
+    assert torch.isnan(load_unet(tmp_path / "old.pth").audio_model.centre).all()

@@ -34,3 +34,21 @@ def test_out_of_range_frames_are_errors():
         window_indices(5, 5)
     with pytest.raises(ValueError):
         window_indices(0, 0)
+
+
+def test_smoothing_blurs_features_along_time_only():
+    from synctalk.features.windows import smooth_features
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(50, 6)).astype(np.float32)
+    assert smooth_features(features, 0) is features
+    smoothed = smooth_features(features, 1.0)
+    assert smoothed.shape == features.shape and smoothed.dtype == np.float32
+    # the frame-to-frame change shrinks; a constant stays constant
+    assert np.abs(np.diff(smoothed, axis=0)).mean() < 0.6 * np.abs(np.diff(features, axis=0)).mean()
+    constant = np.ones((10, 3), np.float32)
+    assert np.allclose(smooth_features(constant, 2.0), 1)
+    # columns do not mix
+    one_column = features.copy()
+    one_column[:, 1:] = 0
+    assert np.all(smooth_features(one_column, 1.0)[:, 1:] == 0)

@@ -3,7 +3,8 @@
 The last 10% of the avatar's video was never trained on. Each of those
 frames is redrawn by the U-Net from its own audio, exactly as rendering does
 (reference = the frame's own crop, mouth masked, the audio window of the
-frame), pasted back with the compositor, and compared with the real frame:
+frame, the render settings' articulation and audio smoothing), pasted back
+with the compositor, and compared with the real frame:
 
 - PSNR and SSIM on the model-size crop;
 - LMD: the distance between mouth landmarks found by the landmarks backend
@@ -15,6 +16,7 @@ frame), pasted back with the compositor, and compared with the real frame:
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 from dataclasses import dataclass
@@ -34,10 +36,11 @@ from synctalk.evaluate.metrics import (
 )
 from synctalk.evaluate.sync import SyncScore, sync_score
 from synctalk.face.prepare import open_backend
+from synctalk.features.windows import smooth_features
 from synctalk.manifest import LANDMARKS_SCHEMA, fixed_list_to_numpy, read_manifest
 from synctalk.media.video import iter_frames
 from synctalk.models.syncnet import SYNCNET_AUDIO_SHAPES, SyncNet
-from synctalk.models.unet import UNet, make_unet_input
+from synctalk.models.unet import UNet, articulate, make_unet_input
 from synctalk.paths import AvatarPaths
 from synctalk.render.compositor import Compositor
 from synctalk.train.data import AvatarFrames
@@ -146,7 +149,11 @@ def evaluate_avatar(
     geometry = preset.geometry
     data = AvatarFrames.load(paths.crops, paths.features, geometry)
     _, frames = data.split()
-    prediction = _predict(unet, data, frames, device)
+    # the audio drives the mouth as in a render; the SyncNet below judges the real audio
+    driven = dataclasses.replace(
+        data, features=smooth_features(data.features, render.audio_smoothing)
+    )
+    prediction = _predict(articulate(unet, render.articulation), driven, frames, device)
     real = np.stack([data.crop(i) for i in frames])
     pred8, real8 = _to_uint8(prediction), _to_uint8(real)
     frame_psnr = np.array([psnr(p, r) for p, r in zip(pred8, real8, strict=True)])

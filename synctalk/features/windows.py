@@ -46,3 +46,17 @@ def feature_window(
     size = WINDOW if shape is None else window_size(features, shape)
     window = features[window_indices(frame, len(features), size)]
     return window.reshape(shape) if shape is not None else window
+
+
+def smooth_features(features: np.ndarray, sigma: float) -> np.ndarray:
+    """`features` [N, D] blurred along time by a Gaussian of `sigma` frames (0: unchanged).
+
+    The U-Net draws each frame from its own audio window, so a mouth can
+    flicker between neighbouring frames where speech does not; a light blur
+    of what drives it keeps the lips' motion as smooth as a speaker's.
+    """
+    if sigma <= 0:
+        return features
+    from scipy.ndimage import gaussian_filter1d
+
+    return gaussian_filter1d(features, sigma, axis=0, mode="nearest").astype(features.dtype)

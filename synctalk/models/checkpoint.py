@@ -143,6 +143,9 @@ def load_unet(
     else:
         spec = infer_unet_spec(state, audio_mode)
     model = UNet(spec)
+    if spec.audio_mode == "whisper" and "audio_model.centre" not in state:
+        # saved before the audio centre was recorded: it loads, but cannot be articulated
+        state = {**state, "audio_model.centre": model.audio_model.centre}
     _strict_load(model, state, path)
     return model.to(resolve_device(device)).eval()
 

@@ -13,6 +13,8 @@ original's: 12,163,591 (160/ave) and 12,186,935 (328/ave).
 
 from __future__ import annotations
 
+import copy
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +31,8 @@ from synctalk.models.blocks import (
     Up,
 )
 from synctalk.models.whisper_encoder import FEATURE_DIM, WINDOW_FRAMES
+
+log = logging.getLogger(__name__)
 
 FULL_WIDTHS = (32, 64, 128, 256, 512)
 IMAGE_CHANNELS = 6  # reference crop (3) + masked current crop (3)
@@ -116,6 +120,9 @@ class SequenceAudioBranch(nn.Module):
         super().__init__()
         frames, dim = UNET_AUDIO_SHAPES[audio_mode]
         self.encoder = SequenceEncoder(dim, frames, widths[4])
+        # The mean audio vector over the training frames (fit_audio_centre), what
+        # `articulate` pushes vectors away from; NaN until fitted.
+        self.register_buffer("centre", torch.full((widths[4],), float("nan")))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)[:, :, None, None]
@@ -177,3 +184,48 @@ def make_unet_input(reference: torch.Tensor, current: torch.Tensor, spec: UNetSp
     masked = current.clone()
     masked[..., y0:y1, x0:x1] = 0
     return torch.cat([reference, masked], dim=-3)
+
+
+@torch.inference_mode()
+def fit_audio_centre(model: UNet, windows: torch.Tensor, batch: int = 256) -> None:
+    """Store the mean audio vector of `windows` (the training frames' audio windows,
+    on the model's device) in a Whisper U-Net; other audio modes have no centre."""
+    branch = model.audio_model
+    if not isinstance(branch, SequenceAudioBranch):
+        return
+    was_training = model.training
+    model.eval()
+    total = sum(branch.encoder(chunk).double().sum(0) for chunk in windows.split(batch))
+    branch.centre.copy_(total / len(windows))
+    model.train(was_training)
+
+
+def articulate(model: UNet, gain: float) -> UNet:
+    """`model` with its audio vector pushed `gain` times as far from its training centre.
+
+    A U-Net trained on one avatar's seconds of speech draws the mouth a new
+    voice asks for, but timidly: its mouths open less than the speaker's, and
+    the lips read off a render follow the new audio less than they could.
+    Scaling the audio vector's distance from its training mean (e' = c + g (e - c))
+    makes the mouth say more. The read-out layer is linear, so the gain folds
+    into its weights: the returned copy (the same object when `gain` is 1 or the
+    model cannot be articulated) runs exactly like any U-Net.
+    """
+    if gain == 1:
+        return model
+    branch = model.audio_model
+    if not isinstance(branch, SequenceAudioBranch):
+        log.warning("articulation %.2f ignored: audio mode %s has no linear audio read-out",
+                    gain, model.spec.audio_mode)  # fmt: skip
+        return model
+    if torch.isnan(branch.centre).any():
+        log.warning("articulation %.2f ignored: this U-Net was trained before its audio "
+                    "centre was recorded (retrain it to articulate)", gain)  # fmt: skip
+        return model
+    model = copy.deepcopy(model)
+    readout = model.audio_model.encoder.readout
+    centre = model.audio_model.centre
+    with torch.no_grad():
+        readout.bias.copy_(gain * readout.bias + (1 - gain) * centre.to(readout.bias.dtype))
+        readout.weight.mul_(gain)
+    return model

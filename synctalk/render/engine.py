@@ -56,12 +56,12 @@ from synctalk.atomic import atomic_path
 from synctalk.config import FPS, SAMPLE_RATE, RenderParams
 from synctalk.device import resolve_device
 from synctalk.features.frontend import AudioFrontEnd, load_front_end
-from synctalk.features.windows import feature_window
+from synctalk.features.windows import feature_window, smooth_features
 from synctalk.hashing import file_sha256
 from synctalk.media.audio import load_audio
 from synctalk.media.ffmpeg import ffmpeg_exe, ffmpeg_input
 from synctalk.models.checkpoint import load_unet
-from synctalk.models.unet import UNet, UNetSpec, make_unet_input
+from synctalk.models.unet import UNet, UNetSpec, articulate, make_unet_input
 from synctalk.paths import AvatarPaths
 from synctalk.progress import progress
 from synctalk.render.avatar import (
@@ -148,7 +148,8 @@ def load_runtime(
     onnx_cache_dir: str | Path,
     checkpoint_sha256: str | None = None,
 ) -> UNet | OnnxUNet:
-    """The model object `render_video` should be given for `unet` on `device`.
+    """The model object `render_video` should be given for `unet` on `device`,
+    articulated as `params.articulation` asks (synctalk.models.unet.articulate).
 
     runtime `auto` is onnxruntime on the CPU (about 4x faster than eager
     PyTorch there) and torch on a GPU; `onnx` asks for onnxruntime (CPU) on
@@ -160,6 +161,10 @@ def load_runtime(
     and torch is used.
     """
     dev = resolve_device(device)
+    articulated = articulate(unet, params.articulation)
+    if articulated is not unet:
+        # the export holds the articulated weights: it is named by their sha256
+        unet, checkpoint_sha256 = articulated, None
     wants_onnx = params.runtime == "onnx" or (params.runtime == "auto" and dev.type == "cpu")
     if not wants_onnx:
         return unet.to(dev).eval()
@@ -425,7 +430,7 @@ def render_video(
             f"cache is for preset {g.name} ({g.size}x{g.size})"
         )
 
-    features = front_end.features(wav)
+    features = smooth_features(front_end.features(wav), params.audio_smoothing)
     del wav
     audio_seconds = time.perf_counter() - started
     n_frames = round(audio_s * FPS)

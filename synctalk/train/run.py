@@ -59,10 +59,12 @@ def _params(config: Config, name: str) -> dict[str, Any]:
 
 @contextmanager
 def _tracked_training(stage: str, title: str, name: str, config: Config, paths: AvatarPaths,
-                      task, settings, inputs: list[Path], checkpoint: Path):  # fmt: skip
+                      task, settings, inputs: list[Path], checkpoint: Path,
+                      finish_model=None):  # fmt: skip
     """One training stage in its MLflow run: fit (resuming an interrupted run), save the
     best weights to `checkpoint`, log the loss curves and the best metrics.
 
+    `finish_model`, if given, is called with the best model before it is saved.
     Yields (history, metrics, inputs fingerprint, scratch dir) for the stage's own
     artifacts; the resumable training state is removed once the body has finished
     without error.
@@ -78,6 +80,8 @@ def _tracked_training(stage: str, title: str, name: str, config: Config, paths: 
             fingerprint=fingerprint, on_metrics=_metrics_logger(mlflow),
         )  # fmt: skip
         history = trainer.fit()
+        if finish_model is not None:
+            finish_model(trainer.model)
         metrics = trainer.validate()
         save_model(trainer.model, checkpoint, avatar=name, inputs_md5=fingerprint,
                    best_epoch=history.best_epoch, **metrics)  # fmt: skip
@@ -117,9 +121,10 @@ def train_unet(name: str, config: Config, paths: AvatarPaths) -> TrainResult:
     syncnet = load_syncnet(paths.syncnet, audio_mode=preset.audio_mode, device=device)
     task = UNetTask(data, preset, preset.unet, syncnet).to(device)
     inputs = [paths.crops, paths.features, paths.syncnet, paths.audio_encoder]
-    with _tracked_training("unet", "U-Net", name, config, paths, task,
-                           train_settings(preset.unet, config.num_workers), inputs,
-                           paths.unet) as (history, metrics, fingerprint, tmp):  # fmt: skip
+    settings = train_settings(preset.unet, config.num_workers)
+    training = _tracked_training("unet", "U-Net", name, config, paths, task, settings, inputs,
+                                 paths.unet, finish_model=task.fit_audio_centre)  # fmt: skip
+    with training as (history, metrics, fingerprint, tmp):
         mlflow.log_artifact(str(write_image(tmp / "validation_grid.png", task.sample_grid(device))))
         # the render settings too: the served model renders as `synctalk render` did then
         recorded = {**_params(config, name), "render": asdict(config.render)}

@@ -15,7 +15,7 @@ from synctalk.config import ModelPreset, SyncNetTraining, Training, UNetTraining
 from synctalk.evaluate.sync import SyncScore, sync_score
 from synctalk.models.checkpoint import load_unet
 from synctalk.models.syncnet import SYNCNET_AUDIO_SHAPES, SyncNet, build_syncnet, sync_probability
-from synctalk.models.unet import UNet, UNetSpec
+from synctalk.models.unet import UNet, UNetSpec, fit_audio_centre
 from synctalk.train.data import AvatarFrames, SyncSamples, UNetSamples
 from synctalk.train.losses import PerceptualLoss, SyncLoss, sync_pair_labels, sync_pair_metrics
 from synctalk.train.trainer import TrainSettings, seed_everything
@@ -116,6 +116,7 @@ class UNetTask:
             log.info("fine-tuning from %s", training.init_checkpoint)
         else:
             self.model = UNet(spec)
+        self.data = data
         train, val = data.split()
         self.train_set = UNetSamples(data, train, training.seed, spec,
                                      training.colour_jitter)  # fmt: skip
@@ -157,6 +158,14 @@ class UNetTask:
         prediction = self.model(image, audio).float()
         mse = F.mse_loss(prediction, target).clamp_min(1e-10)
         return {"l1": float(F.l1_loss(prediction, target)), "psnr": float(-10 * torch.log10(mse))}
+
+    def fit_audio_centre(self, model: UNet) -> None:
+        """Record the mean audio vector over the training frames (see `articulate`)."""
+        device = next(model.parameters()).device
+        shape = model.spec.audio_shape
+        train, _ = self.data.split()
+        windows = np.stack([self.data.audio(int(i), shape) for i in train])
+        fit_audio_centre(model, torch.from_numpy(windows).to(device))
 
     @torch.inference_mode()
     def sample_grid(self, device: torch.device, n: int = 4) -> np.ndarray:
