@@ -284,6 +284,21 @@ def test_render_with_the_trained_avatar(prepared, tmp_path):
     assert missing.returncode == 2 and "avatar-lieu has no version 7" in missing.stderr
 
 
+def test_cli_render_skips_what_is_up_to_date_unless_forced(prepared, tmp_path):
+    """`synctalk render` goes through the renders ledger as render@ does."""
+    root, _ = prepared
+    speech, out = tmp_path / "short.wav", tmp_path / "out"
+    _inbox_speech(speech, 0.0)
+    args = ["render", "--avatar", "lieu", "--audio", str(speech), "--out", str(out)]
+    video = out / "short.mp4"
+    assert "1 rendered, 0 failed, 0 skipped" in _cli(root, *args).stdout
+    written = video.stat().st_mtime_ns
+    assert "0 rendered, 0 failed, 1 skipped" in _cli(root, *args).stdout
+    assert video.stat().st_mtime_ns == written
+    assert "1 rendered, 0 failed, 0 skipped" in _cli(root, *args, "--force").stdout
+    assert video.stat().st_mtime_ns != written
+
+
 def test_second_repro_does_nothing(prepared):
     """Nothing but render@, which always runs (the ledger decides), and renders nothing."""
     root, _ = prepared
@@ -620,6 +635,14 @@ def _render_stage(root: Path) -> tuple[int, int]:
     return int(counts[1]), int(counts[2])
 
 
+def _written(root: Path) -> dict[str, tuple[int, str]]:
+    """render@lieu's inbox videos: name -> (mtime_ns, sha256)."""
+    from synctalk.hashing import file_sha256
+
+    videos = (root / "data" / "renders" / "lieu").glob("take*.mp4")
+    return {v.name: (v.stat().st_mtime_ns, file_sha256(v)) for v in videos}
+
+
 def test_render_stage_renders_exactly_what_is_new(prepared):
     """render@lieu renders its inbox with @champion through the renders ledger: new and
     changed files only, and everything again under a newly promoted champion."""
@@ -632,13 +655,20 @@ def test_render_stage_renders_exactly_what_is_new(prepared):
     for i, start in enumerate((0.0, 3.0, 6.0)):
         _inbox_speech(inbox / f"take{i}.wav", start)
     assert _render_stage(root) == (3, 0)
+    first = _written(root)
+    assert sorted(first) == ["take0.mp4", "take1.mp4", "take2.mp4"]
     assert _render_stage(root) == (0, 3)
+    assert _written(root) == first  # no video written again
     _inbox_speech(inbox / "take1.wav", 9.0)  # replaced
     assert _render_stage(root) == (1, 2)
+    replaced = _written(root)
+    assert sorted(v for v in first if replaced[v] == first[v]) == ["take0.mp4", "take2.mp4"]
+    assert replaced["take1.mp4"][1] != first["take1.mp4"][1]  # the new audio's video
     _promote_champion(root, str(versions[-1]))
     assert _render_stage(root) == (3, 0)
-    videos = sorted(p.name for p in (root / "data" / "renders" / "lieu").glob("take*.mp4"))
-    assert videos == ["take0.mp4", "take1.mp4", "take2.mp4"]
+    promoted = _written(root)
+    assert sorted(promoted) == sorted(first)
+    assert not [v for v in promoted if promoted[v] == replaced[v]]  # all three written again
     rows = RenderLedger(root / "data" / "renders" / "renders.parquet").read().to_pylist()
     done = [r["model_version"] for r in rows if r["status"] == "done" and "take" in r["audio_path"]]
     assert done.count(str(versions[0])) == 4 and done.count(str(versions[-1])) == 3
@@ -670,6 +700,7 @@ def test_avatar_add_refuses_bad_input_and_writes_nothing(prepared, tmp_path):
     video = shared_path("data", "videos", "may_5s.mp4")
     before, params = _tree(root), (root / "params.yaml").read_text()
     stale = _stale(root)
+    tracked = run(root, "git", "status", "--porcelain").stdout
     cases = {  # name, video -> what the one error line says
         ("lieu", video): "avatar 'lieu' already exists",
         ("a/b", video): "avatar name 'a/b'",
@@ -686,4 +717,5 @@ def test_avatar_add_refuses_bad_input_and_writes_nothing(prepared, tmp_path):
     assert _tree(root) == before and (root / "params.yaml").read_text() == params
     assert not (root / "data" / "avatars" / "fresh").exists()
     assert _stale(root) == stale  # nothing new for DVC either
+    assert run(root, "git", "status", "--porcelain").stdout == tracked  # nor git
     assert load_config(root / "params.yaml").avatars.keys() == {"lieu"}
