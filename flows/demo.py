@@ -28,7 +28,7 @@ from flows.train import train
 from synctalk.avatars import add_avatar
 from synctalk.config import load_config
 from synctalk.demo_avatar import lip_sync_check, make_demo_audio, make_demo_avatar
-from synctalk.paths import AvatarPaths
+from synctalk.paths import AvatarPaths, render_cache
 
 log = logging.getLogger("flows.demo")
 
@@ -37,24 +37,43 @@ AVATAR = "demo"
 SECONDS = 40.0
 
 
-def _untrained_render(audio: Path, out: Path) -> Path:
-    """The same avatar and audio rendered by a U-Net that never trained."""
+def _untrained_render(audio: Path) -> Path:
+    """The same avatar and audio rendered by a U-Net that never trained (seeded).
+
+    Kept in the render cache under a key of everything that decides its pixels, so a
+    second demo run exports and renders nothing when nothing changed."""
+    import hashlib
+    import io
+
     import torch
 
     from synctalk.device import resolve_device
     from synctalk.features.frontend import load_front_end
+    from synctalk.hashing import file_sha256
     from synctalk.models import build_unet
     from synctalk.render.avatar import prepare_render_avatar
     from synctalk.render.engine import load_runtime, render_video
+    from synctalk.render.ledger import render_key
 
     config = load_config(ROOT / "params.yaml")
     preset = config.preset_of(AVATAR)
     torch.manual_seed(0)
     unet = build_unet(preset.resolution, preset.audio_mode, preset.mobile, preset.input_mask).eval()
     paths = AvatarPaths(AVATAR, ROOT)
+    weights = io.BytesIO()
+    torch.save(unet.state_dict(), weights)
+    # the model here is the untrained U-Net with this avatar's front-end and footage
+    model = hashlib.sha256(weights.getvalue())
+    for used in (paths.audio_encoder, paths.video, paths.landmarks):
+        model.update(file_sha256(used).encode())
+    key = render_key("untrained", "seed-0", model.hexdigest(), file_sha256(audio), config.render)
+    out = render_cache(ROOT) / AVATAR / f"untrained-{key[:16]}.mp4"
+    if out.is_file():
+        log.info("untrained comparison up to date: %s", out)
+        return out
     device = resolve_device("cpu")
     with tempfile.TemporaryDirectory() as tmp:
-        avatar = prepare_render_avatar(paths, unet.spec.geometry, ROOT / "data" / "cache")
+        avatar = prepare_render_avatar(paths, unet.spec.geometry, render_cache(ROOT))
         runtime = load_runtime(unet, config.render, device, Path(tmp))
         front_end = load_front_end(paths.audio_encoder)
         render_video(avatar, runtime, front_end, audio, out, config.render, device)
@@ -80,7 +99,7 @@ def run_demo() -> dict[str, object]:
     videos = [out / f"{s.stem}.mp4" for s in sentences]
 
     trained_r = [lip_sync_check(v).correlation for v in videos]
-    untrained = _untrained_render(sentences[0], out / "untrained_model.mp4")
+    untrained = _untrained_render(sentences[0])
     untrained_r = lip_sync_check(untrained).correlation
     return {
         "videos": videos,

@@ -25,6 +25,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows import ship_library_logs
+from synctalk.paths import AvatarPaths
 
 ROOT = Path(__file__).resolve().parents[1]
 # DVC's words when another dvc process holds the repository or one of the stage's files
@@ -133,5 +134,5 @@ def train(avatar: str) -> dict:
         logger.info("stages of %s, in order: %s", avatar, ", ".join(stages))
         ran = [stage for stage in stages if run_stage(stage)]
     logger.info("ran %s", ", ".join(ran) if ran else "nothing: everything was up to date")
-    metrics = ROOT / "eval" / avatar / "metrics.json"
+    metrics = AvatarPaths(avatar, ROOT).metrics
     return json.loads(metrics.read_text()) if metrics.is_file() else {}

@@ -5,7 +5,8 @@ Writes eval/<avatar>/metrics.json (`dvc metrics show`), the plot data
 then needs no network). The registered version that was evaluated gets the
 metrics on its model (eval_<name>), and its run gets what a reviewer watches
 (synctalk.evaluate.review) and the plots in review/; then it is given the
-alias `candidate`. The stage's own MLflow run records its settings and which
+alias `candidate` (not in a `dvc exp run` experiment: an experiment's version
+is only compared). The stage's own MLflow run records its settings and which
 version it evaluated.
 """
 
@@ -16,7 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from stages._common import run_stage, write_json
+from stages._common import dvc_experiment, run_stage, write_json
 from synctalk.config import Config
 from synctalk.device import resolve_device
 from synctalk.evaluate.review import (
@@ -41,7 +42,7 @@ def evaluate(name: str, config: Config, paths: AvatarPaths) -> None:
 
     preset = config.preset_of(name)
     device = resolve_device(config.device)
-    out = Path("eval") / name
+    experiment = dvc_experiment()
     settings = {"landmarks": config.landmarks, "device": config.device, "review": config.review}
     with stage_run("evaluate", name, settings), tempfile.TemporaryDirectory() as tmp:
         version = version_of_checkpoint(name, paths.unet)
@@ -52,19 +53,18 @@ def evaluate(name: str, config: Config, paths: AvatarPaths) -> None:
             config.landmarks, config.render, device,
         )  # fmt: skip
         metrics = {k: round(float(v), 6) for k, v in result.metrics.items()}
-        write_json(out / "metrics.json", {**metrics, "model_version": int(version)})
-        write_json(out / "plots" / "sync_offsets.json", [
+        write_json(paths.metrics, {**metrics, "model_version": int(version)})
+        write_json(paths.plots / "sync_offsets.json", [
             {"offset": int(o), "rendered": float(d), "real": float(r)}
             for o, d, r in zip(result.sync.offsets, result.sync.distances,
                                result.sync_real.distances, strict=True)
         ])  # fmt: skip
-        write_json(out / "plots" / "frame_psnr.json", [
+        write_json(paths.plots / "frame_psnr.json", [
             {"frame": int(f), "psnr": float(p)} for f, p in zip(result.frames, result.frame_psnr,
                                                                   strict=True)
         ])  # fmt: skip
         title = f"{name} version {version}, held-out frames"
-        plots = out / "plots"
-        offsets_png, psnr_png = plots / "sync_offsets.png", plots / "frame_psnr.png"
+        offsets_png, psnr_png = paths.plots / "sync_offsets.png", paths.plots / "frame_psnr.png"
         log_offset_curve_plot(result.sync, offsets_png, title, result.sync_real, "real footage")
         write_series_plot(result.frames, result.frame_psnr, psnr_png, title, "frame", "PSNR (dB)")
 
@@ -78,8 +78,13 @@ def evaluate(name: str, config: Config, paths: AvatarPaths) -> None:
         for plot in (offsets_png, psnr_png):
             shutil.copy2(plot, media / plot.name)
         attach_evaluation(name, version, metrics, media)
-        set_alias(name, version, CANDIDATE)
-    log.info("%s: version %s is @%s: %s", name, version, CANDIDATE, metrics)
+        if experiment is None:
+            set_alias(name, version, CANDIDATE)
+    if experiment is None:
+        log.info("%s: version %s is @%s: %s", name, version, CANDIDATE, metrics)
+    else:  # aliases move only on the workspace pipeline (`dvc repro`)
+        log.info("%s: version %s of experiment %s, evaluated (no alias moved): %s",
+                 name, version, experiment, metrics)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ a SyncNet that works.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from stages._common import run_stage, write_json
 from synctalk.config import Config
@@ -24,17 +23,16 @@ log = logging.getLogger("stages.syncnet")
 def syncnet(name: str, config: Config, paths: AvatarPaths) -> None:
     result = train_syncnet(name, config, paths)
     sync = result.sync
-    out = Path("eval") / name
-    write_json(out / "syncnet.json", {
+    write_json(paths.syncnet_metrics, {
         **{k: round(float(v), 6) for k, v in result.metrics.items()},
         **{f"val_{k}": round(float(v), 6) for k, v in sync.as_metrics().items()},
     })  # fmt: skip
-    write_json(out / "plots" / "syncnet_offsets.json", [
+    write_json(paths.plots / "syncnet_offsets.json", [
         {"offset": int(o), "distance": float(d)} for o, d in zip(sync.offsets, sync.distances,
                                                                  strict=True)
     ])  # fmt: skip
     title = f"SyncNet {name}: held-out frames"
-    log_offset_curve_plot(sync, out / "plots" / "syncnet_offsets.png", title)
+    log_offset_curve_plot(sync, paths.plots / "syncnet_offsets.png", title)
     log.info(
         "%s: SyncNet held-out pair accuracy %.3f, accuracy %.3f (loss %.3f -> %.3f), "
         "best offset %+d, best epoch %d -> %s",

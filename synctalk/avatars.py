@@ -1,13 +1,16 @@
 """Adding an avatar: copy its video into place and list it in params.yaml.
 
 params.yaml is edited with ruamel's round-trip mode so the user's comments
-and ordering survive. The video is checked first (video and audio streams,
-long enough), so a bad file never gets as far as `dvc repro`.
+and ordering survive. The name, the preset and the video (video and audio
+streams, long enough) are checked first, so bad input writes nothing and a bad
+file never gets as far as `dvc repro`. The caller may track the copied video
+(the CLI puts it under DVC) before params.yaml lists it.
 """
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from ruamel.yaml import YAML
@@ -26,8 +29,11 @@ def add_avatar(
     params_path: Path = Path("params.yaml"),
     root: Path = Path("."),
     force: bool = False,
+    track: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Copy `video` to data/avatars/<name>/source.<ext> and add it to params.yaml."""
+    """Copy `video` to data/avatars/<name>/source.<ext>, `track` it, add it to params.yaml.
+
+    If `track` fails, the copy is removed and params.yaml is left as it was."""
     # fullmatch: `$` would let a name end in a newline
     if not AVATAR_NAME.fullmatch(name):
         raise ConfigError(f"avatar name {name!r}: {AVATAR_NAME_RULE}")
@@ -46,11 +52,22 @@ def add_avatar(
             f"avatar {name!r} already exists in {params_path} (use --force to replace)"
         )
     video = Path(video)
+    if not video.is_file():
+        raise ConfigError(f"{video}: no such file")
     validate_source(video, config.extract)
 
     target = target_dir / f"source{video.suffix.lower() or '.mp4'}"
+    for old in target_dir.glob("source.*"):  # --force with another extension: one source only
+        if old.name not in (target.name, f"{target.name}.dvc"):
+            old.unlink()
     with atomic_path(target) as tmp:
         shutil.copyfile(video, tmp)
+    if track is not None:
+        try:
+            track(target)
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
 
     avatars = data.get("avatars")
     if not isinstance(avatars, CommentedMap) or not avatars:

@@ -7,6 +7,7 @@ import logging
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger("synctalk")
@@ -51,14 +52,41 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dvc_add(root: Path) -> Callable[[Path], None] | None:
+    """`dvc add` of a file of the DVC project at `root` (None when it is not one), so that
+    `dvc push` stores it and another clone's `dvc pull` gets it."""
+    if not (root / ".dvc").is_dir():
+        log.warning("%s is not a DVC project: the avatar's video is not tracked", root.resolve())
+        return None
+    beside = Path(sys.executable).parent / "dvc"  # the environment's own dvc
+    dvc = str(beside) if beside.exists() else "dvc"
+
+    def track(path: Path) -> None:
+        import subprocess
+
+        relative = path.resolve().relative_to(root.resolve())
+        proc = subprocess.run([dvc, "add", str(relative)], cwd=root, capture_output=True,
+                              text=True)  # fmt: skip
+        if proc.returncode != 0:
+            lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+            why = next((ln for ln in lines if "ERROR" in ln), lines[-1] if lines else "")
+            raise RuntimeError(f"dvc add {relative} failed: {why}")
+
+    return track
+
+
 def _cmd_avatar_add(args: argparse.Namespace) -> int:
-    """Copy a video into data/avatars/<name>/ and list the avatar in params.yaml."""
+    """Copy a video into data/avatars/<name>/, put it under DVC, list the avatar in params.yaml."""
     from synctalk.avatars import add_avatar
 
-    target = add_avatar(
-        args.name, Path(args.video), args.preset, Path(args.params), force=args.force
-    )
+    params = Path(args.params)
+    root = params.parent
+    target = add_avatar(args.name, Path(args.video), args.preset, params, root, args.force,
+                        track=_dvc_add(root))  # fmt: skip
     print(f"added avatar {args.name!r}: {target} (preset {args.preset})")
+    if (root / ".dvc").is_dir():
+        dvc_file = target.with_name(f"{target.name}.dvc").relative_to(root)
+        print(f"tracked by DVC: git add {dvc_file} {dvc_file.parent / '.gitignore'} params.yaml")
     print(f"prepare it with: dvc repro features@{args.name}")
     print("or everything at once: dvc repro")
     return 0
@@ -198,6 +226,43 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_models_show(args: argparse.Namespace) -> int:
+    """Print a version's aliases, metrics and lineage, and the commands that reproduce it."""
+    import json
+
+    from synctalk.paths import AvatarPaths
+    from synctalk.registry import aliases, evaluation_metrics, resolve_version
+
+    _use_tracking(args)
+    version = resolve_version(args.avatar, args.version)
+    number, tags = str(version.version), dict(version.tags or {})
+    on = sorted(a for a, v in aliases(args.avatar).items() if v == number)
+    print(f"avatar-{args.avatar} version {number}  aliases: {', '.join(on) or '-'}")
+    print(f"run {version.run_id}")
+    for key, value in sorted(evaluation_metrics(args.avatar, number).items()):
+        print(f"  {key:24s} {value:.6g}")
+    print("lineage:")
+    for key in ("git_commit", "git_dirty", "source_md5", "unet_sha256"):
+        print(f"  {key:24s} {tags.get(key, '-')}")
+    for title, key in (("params", "dvc_params"), ("dependencies (md5)", "dvc_deps_md5")):
+        print(f"{title}:")
+        for name, value in json.loads(tags.get(key, "{}")).items():
+            print(f"  {name}: {json.dumps(value) if isinstance(value, dict) else value}")
+    # The commit is the one checked out when it trained, which has no dvc.lock for it
+    # yet: the inputs come back from DVC's run cache (`dvc push --run-cache` stored every
+    # stage run), keyed by exactly the code, data and params they were made from.
+    print("reproduce it (the same commit, data and machine give the same bytes):")
+    commit = tags.get("git_commit", "unknown")
+    if tags.get("git_dirty") == "true":
+        print("  # the tree had uncommitted changes then: the commit alone may not reproduce it")
+    name = args.avatar
+    print(f"  git checkout {commit}")
+    print(f"  dvc repro --pull unet@{name}             # its inputs, from the remote's run cache")
+    print(f"  dvc repro --force --single-item unet@{name}   # the U-Net trained again")
+    print(f"  sha256sum {AvatarPaths(name).unet}   # expect {tags.get('unet_sha256', '?')}")
+    return 0
+
+
 def _cmd_models_compare(args: argparse.Namespace) -> int:
     """Print the evaluation metrics of versions side by side."""
     from synctalk.registry import evaluation_metrics
@@ -254,8 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="add an avatar from a video of the person talking to camera",
         description=(
             "Check the video (video and audio streams, long enough), copy it to "
-            "data/avatars/<name>/source.<ext> and add <name> to params.yaml, so that "
-            "`dvc repro` prepares it."
+            "data/avatars/<name>/source.<ext>, track it with `dvc add` (so `dvc push` "
+            "stores it) and add <name> to params.yaml, so that `dvc repro` prepares it."
         ),
     )
     add.add_argument("name", help="avatar name: lower-case letters, digits, '-' and '_'")
@@ -353,6 +418,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     listing.add_argument("avatar")
     listing.set_defaults(func=_cmd_models_list)
+    show = models_sub.add_parser(
+        "show",
+        help="a version's aliases, metrics, lineage and how to reproduce it",
+        description="The version's git commit (and whether the tree was dirty), source video "
+        "md5, the md5 of every dependency and the params of the stage that trained it, its "
+        "evaluation metrics and aliases, then the commands that reproduce its unet.pth.",
+    )
+    show.add_argument("avatar")
+    show.add_argument("version", help="version number or alias")
+    show.set_defaults(func=_cmd_models_show)
     compare = models_sub.add_parser(
         "compare",
         help="evaluation metrics of two or more versions side by side",

@@ -123,7 +123,6 @@ class Training:
     weight_decay: float = 1e-4
     colour_jitter: float = 0.0  # strength of brightness/contrast/gain augmentation
     checkpoint_every: int = 100  # steps between resumable checkpoints
-    num_workers: int = 0  # data loader processes
     seed: int = 0
 
 
@@ -143,7 +142,7 @@ class UNetTraining(Training):
     l1_weight: float = 1.0
     perceptual_weight: float = 0.01  # VGG19 conv3_3 features; needs vgg19 weights
     sync_weight: float = 10.0  # the avatar's frozen SyncNet
-    vgg19: str = "models/vgg19.pth"  # torchvision-format VGG19 state dict
+    vgg19: str = "models/vgg/vgg19.pth"  # torchvision-format VGG19 state dict
     init_checkpoint: str = ""  # an original SyncTalk_2D U-Net to fine-tune from
 
 
@@ -205,11 +204,6 @@ class AveEncoderParams:
 
 
 @dataclass(frozen=True)
-class AveParams:
-    batch_size: int = 256
-
-
-@dataclass(frozen=True)
 class RenderParams:
     crf: int = 18  # x264 quality of rendered videos (lower is better, 18 ~ visually lossless)
     x264_preset: str = "veryfast"
@@ -268,11 +262,12 @@ class ReviewParams:
 
 @dataclass(frozen=True)
 class Config:
+    # Speed only (not DVC params: changing them retrains nothing)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    num_workers: int = 0  # training data loader processes
     extract: ExtractParams = field(default_factory=ExtractParams)
     landmarks: LandmarkParams = field(default_factory=LandmarkParams)
     ave_encoder: AveEncoderParams = field(default_factory=AveEncoderParams)
-    ave: AveParams = field(default_factory=AveParams)
     render: RenderParams = field(default_factory=RenderParams)
     nightly: NightlyParams = field(default_factory=NightlyParams)
     review: ReviewParams = field(default_factory=ReviewParams)

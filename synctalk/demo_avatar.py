@@ -590,13 +590,17 @@ def make_demo_audio(out_dir: Path, texts: list[str] | None = None) -> list[Path]
     """Speak `texts` (default: two sentences not in the training speech) into WAVs in `out_dir`.
 
     Files are named by their position and first words (`01_hello_this_is.wav`),
-    since a render's output is named after its audio file's stem.
+    since a render's output is named after its audio file's stem. A file already
+    there is kept, not spoken again: eSpeak NG's output depends on what the process
+    said before (its wave generator keeps state that even re-initialising it does
+    not reset), so a second synthesis differs in a few samples (4.41 s instead of
+    4.42) and the batch would render the sentence again.
     """
     texts = list(DRIVING_SENTENCES) if texts is None else texts
     out_dir = Path(out_dir)
     paths = []
     for i, text in enumerate(texts, start=1):
         words = re.findall(r"[a-z0-9]+", text.lower())[:3]
-        stem = "_".join([f"{i:02d}", *words])
-        paths.append(synthesise_speech(text, out_dir / f"{stem}.wav"))
+        path = out_dir / f"{'_'.join([f'{i:02d}', *words])}.wav"
+        paths.append(path if path.is_file() else synthesise_speech(text, path))
     return paths

@@ -72,6 +72,24 @@ class AvatarPaths:
     def unet(self) -> Path:
         return self.models / "unet.pth"
 
+    # evaluation (metrics and plot data for `dvc metrics show` / `dvc plots show`)
+    @property
+    def eval_dir(self) -> Path:
+        return self.root / "eval" / self.name
+
+    @property
+    def metrics(self) -> Path:
+        """The evaluate stage's held-out metrics."""
+        return self.eval_dir / "metrics.json"
+
+    @property
+    def syncnet_metrics(self) -> Path:
+        return self.eval_dir / "syncnet.json"
+
+    @property
+    def plots(self) -> Path:
+        return self.eval_dir / "plots"
+
     # rendering
     @property
     def inbox(self) -> Path:
@@ -81,7 +99,7 @@ class AvatarPaths:
     @property
     def renders(self) -> Path:
         """Rendered videos, data/renders/<name>/<audio stem>.mp4."""
-        return self.root / "data" / "renders" / self.name
+        return renders_root(self.root) / self.name
 
     @property
     def training_states(self) -> Path:
@@ -93,6 +111,15 @@ class AvatarPaths:
         return self.training_states / stage
 
 
+def renders_root(root: Path = Path(".")) -> Path:
+    return root / "data" / "renders"
+
+
 def renders_ledger(root: Path = Path(".")) -> Path:
     """Every render attempt of every avatar (a Parquet dataset folder, see render.ledger)."""
-    return root / "data" / "renders" / "renders.parquet"
+    return renders_root(root) / "renders.parquet"
+
+
+def render_cache(root: Path = Path(".")) -> Path:
+    """Prepared render inputs and ONNX exports (synctalk.render.avatar), re-derivable."""
+    return root / "data" / "cache"

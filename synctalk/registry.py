@@ -12,7 +12,8 @@ reads the files directly with `fetch_model`.
 Aliases carry the review workflow: `evaluate` attaches its metrics and review
 videos to the version and sets `candidate`; a person promotes a version to
 `champion` through a quality gate (`check_promotion`); rendering uses the
-champion when there is one.
+champion when there is one, else the newest version not trained for an
+experiment (tagged `experiment`: such versions are compared, never picked).
 
 Reads fail closed: when the registry cannot be read (a missing or locked
 database, an unreachable or failing tracking server) every function here
@@ -39,7 +40,15 @@ from typing import Any
 from synctalk.config import ReviewParams
 from synctalk.hashing import file_sha256
 from synctalk.paths import AvatarPaths
-from synctalk.tracking import TrackingStoreError, apply_offline_env, check_tracking_store
+from synctalk.tracking import (
+    EXPERIMENT_TAG,
+    RUN_TAGS,
+    TrackingStoreError,
+    apply_offline_env,
+    check_tracking_store,
+    git_commit,
+    git_dirty,
+)
 
 log = logging.getLogger(__name__)
 
@@ -188,11 +197,14 @@ def register_avatar_model(
             registered_model_name=model_name(paths.name),
         )
     version = str(info.registered_model_version)
-    # lets `evaluate` find the version of the checkpoint it is given
+    # unet_sha256 lets `evaluate` find the version of the checkpoint it is given; the
+    # rest is the version's lineage (`synctalk models show`)
+    tags = {"unet_sha256": file_sha256(paths.unet), "git_commit": git_commit(paths.root),
+            "git_dirty": git_dirty(paths.root), **RUN_TAGS}  # fmt: skip
     with _registry("tag the new version"):
-        _client().set_model_version_tag(
-            model_name(paths.name), version, "unet_sha256", file_sha256(paths.unet)
-        )
+        client = _client()
+        for key, value in tags.items():
+            client.set_model_version_tag(model_name(paths.name), version, key, value)
     log.info("registered %s version %s", model_name(paths.name), version)
     return version
 
@@ -277,7 +289,14 @@ def resolve_version(avatar: str, alias_or_version: str | None = None) -> Any:
     if wanted is None:
         if CHAMPION in by_alias:
             return versions[by_alias[CHAMPION]]
-        newest = list(versions.values())[-1]
+        # an experiment's version is there to be compared: only a person promotes one
+        trained = [v for v in versions.values() if EXPERIMENT_TAG not in (v.tags or {})]
+        if not trained:
+            raise ModelNotFoundError(
+                f"{name} has only experiment versions ({numbers}): promote one to @{CHAMPION} "
+                "or train the avatar with `dvc repro`"
+            )
+        newest = trained[-1]
         log.warning("%s has no @%s: using the newest version, %s, which nobody promoted",
                     name, CHAMPION, newest.version)  # fmt: skip
         return newest
@@ -481,6 +500,7 @@ def describe_versions(avatar: str) -> list[dict[str, Any]]:
                 "val_l1": run_metrics.get("best_val_l1"),
                 **evaluation_metrics(avatar, str(v.version)),
                 **({"forced": ",".join(sorted(forced))} if forced else {}),
+                **({EXPERIMENT_TAG: tags[EXPERIMENT_TAG]} if EXPERIMENT_TAG in tags else {}),
             }
         )
     return rows

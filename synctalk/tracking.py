@@ -79,13 +79,30 @@ def flatten(params: Mapping[str, Any] | Any, prefix: str = "") -> dict[str, Any]
     return out
 
 
-def git_commit(root: Path = Path(".")) -> str:
+def _git(root: Path, *args: str) -> str | None:
     try:
         return subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+            ["git", *args], cwd=root, capture_output=True, text=True, check=True
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return None
+
+
+def git_commit(root: Path = Path(".")) -> str:
+    return _git(root, "rev-parse", "HEAD") or "unknown"
+
+
+def git_dirty(root: Path = Path(".")) -> str:
+    """Whether tracked files differ from the commit: "true", "false" or "unknown"."""
+    status = _git(root, "status", "--porcelain", "--untracked-files=no")
+    return "unknown" if status is None else str(bool(status)).lower()
+
+
+# Tags every run of this process gets (the stage's lineage: see stages/lineage.py).
+RUN_TAGS: dict[str, str] = {}
+# The tag of runs (and registered versions) trained for an experiment, its value the
+# experiment's name: such a version is compared, never given an alias by the pipeline.
+EXPERIMENT_TAG = "experiment"
 
 
 @contextmanager
@@ -107,7 +124,9 @@ def stage_run(stage: str, avatar: str, params: Any, root: Path = Path(".")) -> I
         "stage": stage,
         "avatar": avatar,
         "git_commit": git_commit(root),
+        "git_dirty": git_dirty(root),
         PROCESS_TAG: str(current_process()),
+        **RUN_TAGS,
     }
     with mlflow.start_run(run_name=f"{stage}@{avatar}", tags=tags) as run:
         close_abandoned_runs(mlflow.MlflowClient(), experiment.experiment_id, stage, run)

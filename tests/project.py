@@ -14,7 +14,8 @@ from tests.conftest import REPO
 
 # What a project checkout needs for `dvc repro` (the rest is tests and docs).
 PROJECT_FILES = [
-    "dvc.yaml", "params.yaml", ".dvcignore", "stages", "synctalk", "flows", "models", ".dvc",
+    "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "stages", "synctalk", "flows", "models",
+    ".dvc",
 ]  # fmt: skip
 
 
@@ -35,8 +36,22 @@ def make_project(tmp: Path) -> Path:
     params["avatars"] = {}
     with open(root / "params.yaml", "w") as f:
         yaml.dump(params, f)
-    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    git_init(root)
     return root
+
+
+def git_init(root: Path) -> None:
+    """A git repository with its own identity (commits work on a machine without one)."""
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    for key, value in (("user.name", "synctalk tests"), ("user.email", "tests@example.invalid")):
+        subprocess.run(["git", "config", key, value], cwd=root, check=True)
+
+
+def commit(root: Path, message: str, *paths: str) -> str:
+    """Commit `paths` (by default everything git does not ignore); the new commit's sha."""
+    run(root, "git", "add", *(paths or ["-A"]))
+    run(root, "git", "commit", "-q", "-m", message)
+    return run(root, "git", "rev-parse", "HEAD").stdout.strip()
 
 
 def set_params(root: Path, **sections) -> None:
@@ -49,10 +64,13 @@ def set_params(root: Path, **sections) -> None:
         yaml.dump(data, f)
 
 
-def run(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
+def run(
+    root: Path, *args: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`args` run in `root` with this environment's tools and `root`'s MLflow store
+    (`env` adds or overrides variables)."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}", **(env or {})}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     proc = subprocess.run(args, cwd=root, env=env, capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
@@ -136,6 +154,16 @@ class PrefectServer:
 FEW_STEPS = {"epochs": 2, "steps_per_epoch": 3, "batch_size": 4, "checkpoint_every": 2}
 
 
+def few_steps(root: Path) -> None:
+    """Cut the tiny preset's SyncNet and U-Net training to FEW_STEPS."""
+    yaml = YAML()
+    data = yaml.load((root / "params.yaml").read_text())
+    for model in ("syncnet", "unet"):
+        data["presets"]["tiny"][model].update(FEW_STEPS)
+    with open(root / "params.yaml", "w") as f:
+        yaml.dump(data, f)
+
+
 def make_avatar_project(tmp: Path, video: Path, name: str = "may") -> Path:
     """A project whose avatar `name` went through `dvc repro unet@<name>` with the tiny
     preset cut to a few training steps, and a random AVE encoder standing in for the
@@ -168,12 +196,7 @@ def _train_few_steps(root: Path, video: Path, name: str) -> None:
 
     torch.manual_seed(0)
     save_encoder(AudioEncoder(), root / "models" / "ave" / "audio_visual_encoder.pth")
-    yaml = YAML()
-    data = yaml.load((root / "params.yaml").read_text())
-    for model in ("syncnet", "unet"):
-        data["presets"]["tiny"][model].update(FEW_STEPS)
-    with open(root / "params.yaml", "w") as f:
-        yaml.dump(data, f)
+    few_steps(root)
     add = ["avatar", "add", name, str(video), "--preset", "tiny"]
     run(root, sys.executable, "-m", "synctalk.cli", *add)
     run(root, "dvc", "repro", f"unet@{name}")

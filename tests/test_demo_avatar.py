@@ -139,3 +139,18 @@ def test_driving_audio_is_new_speech(tmp_path):
         assert np.sqrt(np.mean(wav**2)) > 0.02
     (custom,) = make_demo_audio(tmp_path / "custom", ["Just one line."])
     assert custom.name == "01_just_one_line.wav"
+
+
+def test_driving_audio_already_there_is_kept(tmp_path):
+    """A second demo run must not re-write its inbox: eSpeak's output depends on what the
+    process spoke before, so the same sentence spoken again has other bytes (and would be
+    rendered again)."""
+    import hashlib
+
+    first = make_demo_audio(tmp_path)
+    digests = [hashlib.sha256(p.read_bytes()).hexdigest() for p in first]
+    stamps = [p.stat().st_mtime_ns for p in first]
+    synthesise_speech(TRAINING_SENTENCES[0], tmp_path / "elsewhere" / "warm.wav")  # new state
+    again = make_demo_audio(tmp_path)
+    assert again == first and [p.stat().st_mtime_ns for p in again] == stamps
+    assert [hashlib.sha256(p.read_bytes()).hexdigest() for p in again] == digests

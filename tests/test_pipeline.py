@@ -23,14 +23,15 @@ from synctalk.manifest import (
     read_manifest,
 )
 from tests.conftest import shared_path
-from tests.project import make_project, run, set_params, stages_run, wait_for_url
+from tests.project import commit, make_project, run, set_params, stages_run, wait_for_url
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    """A project with avatar `lieu` prepared and trained by `dvc repro` (tiny preset).
+    """A project with avatar `lieu` prepared and trained by `dvc repro` (tiny preset), its
+    inputs committed to git first, as a user would (version 1's lineage names that commit).
 
     For debugging, SYNCTALK_REUSE_PROJECT=<a copy of a project a previous run made,
     outside pytest's tmp folder, which pytest prunes> skips the 10-minute repro.
@@ -42,6 +43,7 @@ def prepared(tmp_path_factory):
     root = make_project(tmp_path_factory.mktemp("dvc"))
     run(root, sys.executable, "-m", "synctalk.cli", "avatar", "add", "lieu", str(video),
         "--preset", "tiny")  # fmt: skip
+    commit(root, "avatar lieu")
     first = run(root, "dvc", "repro")
     return root, first
 
@@ -50,10 +52,13 @@ def test_repro_runs_every_preparation_stage(prepared):
     root, first = prepared
     if first is None:
         pytest.skip("reusing a project")
-    assert stages_run(first.stdout) == [
+    ran = stages_run(first.stdout)
+    assert ran[:6] == [
         "extract@lieu", "landmarks@lieu", "audio_encoder@lieu", "features@lieu", "syncnet@lieu",
-        "unet@lieu", "evaluate@lieu",
+        "unet@lieu",
     ]  # fmt: skip
+    assert set(ran[6:]) == {"evaluate@lieu", "render@lieu"} and len(ran) == 8
+    assert "no audio in data/inbox/lieu" in first.stderr  # render@: an empty inbox
     work = root / "data" / "work" / "lieu"
     frames, meta = read_manifest(work / "frames.parquet", FRAMES_SCHEMA)
     assert abs(frames.num_rows - 45.18 * 25) <= 2
@@ -130,6 +135,39 @@ def test_tiny_training_learns_and_registers_version_1(prepared):
     from synctalk.models.checkpoint import load_unet
 
     assert load_unet(files.unet).spec.mobile is True
+
+
+def test_models_show_prints_the_lineage_of_a_version(prepared):
+    """Version 1 traces back to its code, source video, inputs (what dvc.lock recorded for
+    unet@lieu) and params; `models show` prints that and the commands to reproduce it."""
+    import hashlib
+
+    import yaml
+
+    from synctalk.hashing import file_sha256
+
+    root, _ = prepared
+    client, runs = _runs(root)
+    version = client.get_model_version("avatar-lieu", "1")
+    tags = version.tags
+    source = root / "data" / "avatars" / "lieu" / "source.mp4"
+    assert tags["source_md5"] == hashlib.md5(source.read_bytes()).hexdigest()
+    assert tags["git_dirty"] in ("true", "false", "unknown") and tags["git_commit"]
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]["unet@lieu"]
+    recorded = json.loads(tags["dvc_deps_md5"])
+    assert {d["path"]: d["md5"] for d in lock["deps"]} == recorded  # the stage's dvc.lock deps
+    assert "synctalk/models/blocks.py" in recorded and "data/work/lieu/crops.npy" in recorded
+    params = json.loads(tags["dvc_params"])
+    assert params["avatars.lieu.preset"] == "tiny" and params["presets.tiny"]["resolution"] == "160"
+    for run_ in runs:  # every stage's run carries its own lineage
+        assert {"git_dirty", "source_md5", "dvc_deps_md5", "dvc_params"} <= run_.data.tags.keys()
+
+    shown = _cli(root, "models", "show", "lieu", "1").stdout
+    assert tags["source_md5"] in shown and "synctalk/models/blocks.py" in shown
+    assert "presets.tiny" in shown and "dvc repro --force --single-item unet@lieu" in shown
+    assert f"git checkout {tags['git_commit']}" in shown and tags["git_dirty"] == "false"
+    assert f"expect {file_sha256(root / 'data' / 'models' / 'lieu' / 'unet.pth')}" in shown
+    print("\n" + shown)
 
 
 def test_evaluate_writes_the_four_metrics_and_marks_the_candidate(prepared):
@@ -267,10 +305,122 @@ def test_int8_of_the_trained_tiny_avatar_reaches_the_bar(prepared, tmp_path):
     loaded.close()
 
 
+def test_cli_render_skips_what_is_up_to_date_unless_forced(prepared, tmp_path):
+    """`synctalk render` goes through the renders ledger as render@ does."""
+    root, _ = prepared
+    speech, out = tmp_path / "short.wav", tmp_path / "out"
+    _inbox_speech(speech, 0.0)
+    args = ["render", "--avatar", "lieu", "--audio", str(speech), "--out", str(out)]
+    video = out / "short.mp4"
+    assert "1 rendered, 0 failed, 0 skipped" in _cli(root, *args).stdout
+    written = video.stat().st_mtime_ns
+    assert "0 rendered, 0 failed, 1 skipped" in _cli(root, *args).stdout
+    assert video.stat().st_mtime_ns == written
+    assert "1 rendered, 0 failed, 0 skipped" in _cli(root, *args, "--force").stdout
+    assert video.stat().st_mtime_ns != written
+
+
 def test_second_repro_does_nothing(prepared):
+    """Nothing but render@, which always runs (the ledger decides), and renders nothing."""
     root, _ = prepared
     again = run(root, "dvc", "repro")
-    assert stages_run(again.stdout) == []
+    assert stages_run(again.stdout) == ["render@lieu"]
+    assert "nothing to render" in again.stderr
+
+
+def _stale(root: Path) -> set[str]:
+    """Stages `dvc status` finds out of date, but for the always-changed render@ (in a
+    fresh clone its uncached renders are missing too: the ledger's business)."""
+    from stages.contract import STAGES
+
+    always = {f"{s.name}@lieu" for s in STAGES if s.always_changed}
+    return set(json.loads(run(root, "dvc", "status", "--json").stdout)) - always
+
+
+def test_only_code_a_stage_imports_and_settings_that_change_results_make_it_stale(prepared):
+    """The stage contracts (stages/contract.py) at work on a trained avatar: editing the
+    U-Net's building blocks makes the stages that import them stale and leaves the
+    preparation alone; an unimported module or a speed setting makes nothing stale."""
+    from stages.contract import STAGES, code_deps
+
+    root, _ = prepared
+    assert _stale(root) == set()
+    blocks = root / "synctalk" / "models" / "blocks.py"
+    original = blocks.read_bytes()
+    blocks.write_bytes(original + b"\n# an edit\n")
+    try:
+        stale = _stale(root)
+    finally:
+        blocks.write_bytes(original)
+    edited = "synctalk/models/blocks.py"
+    importers = {f"{s.name}@lieu" for s in STAGES if edited in code_deps(s.name)}
+    # render@ imports them too; it runs on every repro anyway, so _stale leaves it out
+    assert "render@lieu" in importers
+    always = {f"{s.name}@lieu" for s in STAGES if s.always_changed}
+    assert stale == importers - always
+    assert {"syncnet@lieu", "unet@lieu", "evaluate@lieu"} <= stale
+    assert not stale & {"extract@lieu", "landmarks@lieu"}
+
+    cli = root / "synctalk" / "cli.py"  # no stage imports the CLI
+    original = cli.read_bytes()
+    cli.write_bytes(original + b"\n# an edit\n")
+    params = (root / "params.yaml").read_text()
+    faster = params.replace("\ndevice: auto", "\ndevice: cpu").replace(
+        "\nnum_workers: 0", "\nnum_workers: 2"
+    )
+    assert faster.count("cpu") > params.count("cpu") and "num_workers: 2" in faster
+    (root / "params.yaml").write_text(faster)
+    try:
+        assert _stale(root) == set()
+    finally:
+        cli.write_bytes(original)
+        (root / "params.yaml").write_text(params)
+
+
+def test_a_second_clone_pulls_everything_from_the_dvc_remote(prepared, tmp_path):
+    """Clone A (the prepared project) pushes the source video (`avatar add` put it under
+    DVC) and every cached stage output, crops.npy included, to a DVC remote (a local
+    folder) and commits; clone B, a `git clone` of that commit sharing A's MLflow store,
+    pulls them: there DVC finds everything up to date, `dvc repro` runs nothing, and
+    `synctalk render` renders what A renders, pixel for pixel."""
+    from synctalk.media.video import iter_frames
+
+    root, _ = prepared
+    assert (root / "data" / "avatars" / "lieu" / "source.mp4.dvc").is_file()
+    remote = tmp_path / "remote"
+    run(root, "dvc", "remote", "add", "-f", "-d", "--local", "store", str(remote))
+    run(root, "dvc", "push")
+    commit(root, "avatar lieu trained", "dvc.lock", "data", "eval")
+    clone = tmp_path / "clone"
+    run(tmp_path, "git", "clone", "-q", str(root), str(clone))
+    # git has DVC's pointers (.dvc files, dvc.lock) and the .gitignore files it wrote
+    # beside each output: no data yet
+    data = [p.relative_to(clone) for p in (clone / "data").rglob("*") if p.is_file()]
+    assert data and all(p.name == ".gitignore" or p.suffix == ".dvc" for p in data), data
+    assert (clone / "dvc.lock").is_file() and not (clone / "data/work/lieu/crops.npy").exists()
+    run(clone, "dvc", "remote", "add", "-d", "--local", "store", str(remote))
+    run(clone, "dvc", "pull")
+    crops = "data/work/lieu/crops.npy"
+    assert (clone / crops).read_bytes() == (root / crops).read_bytes()
+    assert _stale(clone) == set()
+    assert stages_run(run(clone, "dvc", "repro").stdout) == ["render@lieu"]  # nothing to render
+
+    speech = tmp_path / "speech.wav"
+    _inbox_speech(speech, 3.0)
+    store = {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}  # one registry
+    frames = {}
+    for project in (root, clone):
+        out = tmp_path / f"render-{project.name}"
+        run(project, sys.executable, "-m", "synctalk.cli", "render", "--avatar", "lieu",
+            "--audio", str(speech), "--model-alias", "1", "--out", str(out), env=store)  # fmt: skip
+        frames[project] = list(iter_frames(out / "speech.mp4"))
+    assert len(frames[root]) == len(frames[clone]) == 50
+    difference = max(
+        int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max())
+        for a, b in zip(frames[root], frames[clone], strict=True)
+    )
+    print(f"\nA's and B's renders: {len(frames[root])} frames, max abs difference {difference}")
+    assert difference == 0
 
 
 def test_mlflow_has_a_run_per_stage(prepared):
@@ -482,6 +632,69 @@ def _model_versions(root: Path) -> list[str]:
     return [str(v.version) for v in client.search_model_versions("name='avatar-lieu'")]
 
 
+def _inbox_speech(path: Path, start_s: float, seconds: float = 2.0) -> None:
+    import wave
+
+    from synctalk.media.audio import load_audio
+
+    speech = load_audio(shared_path("data", "audio", "macron_fr_12s.wav"))
+    clip = speech[int(start_s * 16000) : int((start_s + seconds) * 16000)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(path), "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(2)
+        f.setframerate(16000)
+        f.writeframes((np.clip(clip, -1, 1) * 32767).astype("<i2").tobytes())
+
+
+def _render_stage(root: Path) -> tuple[int, int]:
+    """`dvc repro render@lieu` (its upstream left alone): (rendered, up to date)."""
+    proc = run(root, "dvc", "repro", "--single-item", "render@lieu")
+    assert stages_run(proc.stdout) == ["render@lieu"]
+    counts = re.search(r"lieu: (\d+) rendered, (\d+) up to date, 0 failed", proc.stderr)
+    assert counts, proc.stderr[-2000:]
+    return int(counts[1]), int(counts[2])
+
+
+def _written(root: Path) -> dict[str, tuple[int, str]]:
+    """render@lieu's inbox videos: name -> (mtime_ns, sha256)."""
+    from synctalk.hashing import file_sha256
+
+    videos = (root / "data" / "renders" / "lieu").glob("take*.mp4")
+    return {v.name: (v.stat().st_mtime_ns, file_sha256(v)) for v in videos}
+
+
+def test_render_stage_renders_exactly_what_is_new(prepared):
+    """render@lieu renders its inbox with @champion through the renders ledger: new and
+    changed files only, and everything again under a newly promoted champion."""
+    from synctalk.render.ledger import RenderLedger
+
+    root, _ = prepared
+    versions = _second_version(root)
+    _promote_champion(root, str(versions[0]))
+    inbox = root / "data" / "inbox" / "lieu"
+    for i, start in enumerate((0.0, 3.0, 6.0)):
+        _inbox_speech(inbox / f"take{i}.wav", start)
+    assert _render_stage(root) == (3, 0)
+    first = _written(root)
+    assert sorted(first) == ["take0.mp4", "take1.mp4", "take2.mp4"]
+    assert _render_stage(root) == (0, 3)
+    assert _written(root) == first  # no video written again
+    _inbox_speech(inbox / "take1.wav", 9.0)  # replaced
+    assert _render_stage(root) == (1, 2)
+    replaced = _written(root)
+    assert sorted(v for v in first if replaced[v] == first[v]) == ["take0.mp4", "take2.mp4"]
+    assert replaced["take1.mp4"][1] != first["take1.mp4"][1]  # the new audio's video
+    _promote_champion(root, str(versions[-1]))
+    assert _render_stage(root) == (3, 0)
+    promoted = _written(root)
+    assert sorted(promoted) == sorted(first)
+    assert not [v for v in promoted if promoted[v] == replaced[v]]  # all three written again
+    rows = RenderLedger(root / "data" / "renders" / "renders.parquet").read().to_pylist()
+    done = [r["model_version"] for r in rows if r["status"] == "done" and "take" in r["audio_path"]]
+    assert done.count(str(versions[0])) == 4 and done.count(str(versions[-1])) == 3
+
+
 def test_changing_landmark_params_reruns_only_landmarks_and_after(prepared):
     root, _ = prepared
     set_params(root, landmarks={"smoothing_sigma": 2.5})
@@ -497,14 +710,33 @@ def test_changing_landmark_params_reruns_only_landmarks_and_after(prepared):
     assert not stale & {"extract@lieu", "landmarks@lieu"}
 
 
-def test_avatar_add_refuses_bad_names_and_duplicates(prepared):
+def _tree(root: Path) -> dict[str, int]:
+    """Every file under data/ and the project's top level, with its size."""
+    files = [*root.glob("data/**/*"), *root.glob("*")]
+    return {str(f.relative_to(root)): f.stat().st_size for f in files if f.is_file()}
+
+
+def test_avatar_add_refuses_bad_input_and_writes_nothing(prepared, tmp_path):
     root, _ = prepared
     video = shared_path("data", "videos", "may_5s.mp4")
-    dup = run(root, sys.executable, "-m", "synctalk.cli", "avatar", "add", "lieu", str(video),
-              check=False)  # fmt: skip
-    assert dup.returncode != 0 and "already exists" in dup.stderr
-    bad = run(root, sys.executable, "-m", "synctalk.cli", "avatar", "add", "Bad Name", str(video),
-              check=False)  # fmt: skip
-    assert bad.returncode != 0 and "avatar name" in bad.stderr
-    assert "Bad Name" not in (root / "params.yaml").read_text()
+    before, params = _tree(root), (root / "params.yaml").read_text()
+    stale = _stale(root)
+    tracked = run(root, "git", "status", "--porcelain").stdout
+    cases = {  # name, video -> what the one error line says
+        ("lieu", video): "avatar 'lieu' already exists",
+        ("a/b", video): "avatar name 'a/b'",
+        ("..", video): "avatar name '..'",
+        ("../up", video): "avatar name '../up'",
+        ("Bad Name", video): "avatar name 'Bad Name'",
+        ("fresh", tmp_path / "missing.mp4"): f"{tmp_path / 'missing.mp4'}: no such file",
+    }
+    for (name, source), message in cases.items():
+        proc = run(root, sys.executable, "-m", "synctalk.cli", "avatar", "add", name,
+                   str(source), "--preset", "tiny", check=False)  # fmt: skip
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], (name, lines)
+    assert _tree(root) == before and (root / "params.yaml").read_text() == params
+    assert not (root / "data" / "avatars" / "fresh").exists()
+    assert _stale(root) == stale  # nothing new for DVC either
+    assert run(root, "git", "status", "--porcelain").stdout == tracked  # nor git
     assert load_config(root / "params.yaml").avatars.keys() == {"lieu"}

@@ -146,6 +146,34 @@ def test_models_list_shows_every_versions_aliases(store, capsys):
     assert by_version["2"]["lmd"] == "0.71"
 
 
+def test_renders_without_a_champion_never_fall_back_to_an_experiments_version(
+    tmp_path, monkeypatch
+):
+    """With no @champion, rendering takes the newest version the pipeline trained; a
+    version trained for a `dvc exp run` experiment (tagged `experiment`) is never picked."""
+    import mlflow
+
+    from synctalk.registry import ModelNotFoundError, resolve_version
+    from synctalk.tracking import EXPERIMENT_TAG
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    client.create_registered_model("avatar-exp")
+    mlflow.set_experiment("avatar-exp")
+    for tags in ({}, {EXPERIMENT_TAG: "lr-high"}):
+        with mlflow.start_run() as run:
+            model = mlflow.create_external_model(name="model")
+        client.create_model_version("avatar-exp", f"models:/{model.model_id}", run.info.run_id,
+                                    tags=tags, model_id=model.model_id)  # fmt: skip
+    assert str(resolve_version("exp").version) == "1"
+    assert str(resolve_version("exp", "2").version) == "2"  # asked for by number: fine
+    client.set_model_version_tag("avatar-exp", "1", EXPERIMENT_TAG, "lr-low")
+    with pytest.raises(ModelNotFoundError, match="only experiment versions"):
+        resolve_version("exp")
+
+
 # --------------------------------------------------------------------------
 # an unreadable registry: never a guess
 

@@ -12,7 +12,6 @@ must be given (ave and hubert differ only in a stride).
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +34,13 @@ def sidecar_path(path: str | Path) -> Path:
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """torch.save, atomically and reproducibly: the same tensors give the same bytes.
+
+    torch.save given a file name names the folder inside its zip after that file, and
+    the temporary's name is random; given an open file it always writes `archive/`.
+    """
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def atomic_save_npy(array: np.ndarray, path: str | Path) -> None:
@@ -76,9 +80,10 @@ def save_model(model: UNet | SyncNet, path: str | Path, **extra: Any) -> dict[st
         }
     else:
         raise TypeError(f"cannot save a {type(model).__name__}")
+    # No timestamp: the sidecar is a DVC output, and the same training must give the
+    # same bytes (when a model was trained is on its MLflow run).
     meta.update(
         code_version=synctalk.__version__,
-        saved_at=datetime.now(UTC).isoformat(timespec="seconds"),
         sha256=file_sha256(path),
         **extra,
     )

@@ -2,7 +2,7 @@
 
 torchvision has no CPU build for this torch, so the layers are defined here
 with torchvision's indices (`features.<i>.weight`) and loaded from a
-torchvision-format state dict file (e.g. `models/vgg19.pth`). Only the layers
+torchvision-format state dict file (e.g. `models/vgg/vgg19.pth`). Only the layers
 up to the requested one are built; the rest of the file is ignored.
 """
 

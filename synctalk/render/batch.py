@@ -27,7 +27,7 @@ from synctalk.config import Config
 from synctalk.device import resolve_device
 from synctalk.hashing import file_sha256
 from synctalk.media.ffmpeg import MediaError
-from synctalk.paths import AvatarPaths, renders_ledger
+from synctalk.paths import AvatarPaths, render_cache, renders_ledger
 from synctalk.registry import ModelFiles, fetch_model, model_name
 from synctalk.render.avatar import RenderError
 from synctalk.render.engine import EncodeError, LoadedModel, load_for_rendering, render_video
@@ -144,7 +144,7 @@ class AvatarRenderer:
         self.params = config.render
         self.device = resolve_device(config.device)
         self.paths = AvatarPaths(avatar, root)
-        self.cache = root / "data" / "cache"
+        self.cache = render_cache(root)
         self.model: ModelFiles = fetch_model(avatar, model_alias, self.cache / "models")
         self.weights_sha256 = file_sha256(self.model.unet)
         self.batch_id = batch_id or uuid.uuid4().hex

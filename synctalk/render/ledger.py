@@ -97,7 +97,8 @@ def render_key(
     params: RenderParams,
 ) -> str:  # fmt: skip
     """sha256 of everything that decides a render's output."""
-    # batch size, runtime and queue length change speed, not pixels
+    # batch size and queue length change speed, not pixels (the runtime may change the
+    # last bit: onnxruntime and torch round differently)
     pixels = {k: v for k, v in asdict(params).items() if k not in ("batch_size", "queue_frames")}
     if params.precision == "fp32":
         # int8's settings mean nothing in fp32; leaving them out keeps the keys of renders

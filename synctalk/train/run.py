@@ -21,7 +21,7 @@ from synctalk.config import Config
 from synctalk.device import resolve_device
 from synctalk.evaluate.sync import SyncScore
 from synctalk.models.checkpoint import load_syncnet, save_model
-from synctalk.paths import AvatarPaths
+from synctalk.paths import AvatarPaths, render_cache
 from synctalk.registry import register_avatar_model
 from synctalk.tracking import (
     inputs_fingerprint,
@@ -98,8 +98,9 @@ def train_syncnet(name: str, config: Config, paths: AvatarPaths) -> TrainResult:
     preset = config.preset_of(name)
     data = AvatarFrames.load(paths.crops, paths.features, preset.geometry)
     task = SyncNetTask(data, preset, preset.syncnet)
-    with _tracked_training("syncnet", "SyncNet", name, config, paths, task,
-                           train_settings(preset.syncnet), [paths.crops, paths.features],
+    settings = train_settings(preset.syncnet, config.num_workers)
+    inputs = [paths.crops, paths.features]
+    with _tracked_training("syncnet", "SyncNet", name, config, paths, task, settings, inputs,
                            paths.syncnet) as (history, metrics, _, tmp):  # fmt: skip
         mlflow.log_artifact(str(paths.syncnet), "checkpoint")
         sync = task.offset_curve(resolve_device(config.device))
@@ -120,14 +121,13 @@ def train_unet(name: str, config: Config, paths: AvatarPaths) -> TrainResult:
     syncnet = load_syncnet(paths.syncnet, audio_mode=preset.audio_mode, device=device)
     task = UNetTask(data, preset, preset.unet, syncnet).to(device)
     inputs = [paths.crops, paths.features, paths.syncnet, paths.audio_encoder]
-    training = _tracked_training("unet", "U-Net", name, config, paths, task,
-                                 train_settings(preset.unet), inputs, paths.unet,
-                                 finish_model=task.fit_audio_centre)  # fmt: skip
+    settings = train_settings(preset.unet, config.num_workers)
+    training = _tracked_training("unet", "U-Net", name, config, paths, task, settings, inputs,
+                                 paths.unet, finish_model=task.fit_audio_centre)  # fmt: skip
     with training as (history, metrics, fingerprint, tmp):
         mlflow.log_artifact(str(write_image(tmp / "validation_grid.png", task.sample_grid(device))))
         # the render settings too: the served model renders as `synctalk render` did then
         recorded = {**_params(config, name), "render": asdict(config.render)}
         recorded.update(inputs_md5=fingerprint, metrics=metrics)
-        render_cache = paths.root / "data" / "cache"
-        version = register_avatar_model(paths, recorded, tmp / "model", render_cache)
+        version = register_avatar_model(paths, recorded, tmp / "model", render_cache(paths.root))
     return TrainResult(history, metrics, version)

@@ -25,11 +25,13 @@ log = logging.getLogger(__name__)
 VALIDATION_NEGATIVES = 8  # off-sync windows per held-out face
 
 
-def train_settings(training: Training) -> TrainSettings:
-    """The trainer's share of a preset's training section."""
+def train_settings(training: Training, num_workers: int = 0) -> TrainSettings:
+    """The trainer's share of a preset's training section, plus the loader's processes
+    (a speed setting, kept out of the presets so that changing it retrains nothing)."""
     names = {f.name for f in fields(TrainSettings)}
     return TrainSettings(
-        **{f.name: getattr(training, f.name) for f in fields(training) if f.name in names}
+        **{f.name: getattr(training, f.name) for f in fields(training) if f.name in names},
+        num_workers=num_workers,
     )
 
 

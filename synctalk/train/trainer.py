@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -84,9 +85,20 @@ MetricsLogger = Callable[[dict[str, float], int], None]
 
 
 def seed_everything(seed: int) -> None:
+    """Seed every generator and ask torch for deterministic kernels: the same seed, data
+    and machine then give the same weights, bit for bit (the data's own random choices
+    are seeded per sample, see synctalk.train.data)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    # cuBLAS is deterministic only with a fixed workspace; read when CUDA starts.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False  # its autotuner may pick other kernels each run
+    # warn_only: an op without a deterministic kernel warns instead of stopping training
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    # ...which would also fill every new empty tensor with NaNs (a guard against reading
+    # uninitialised memory, which nothing here does): time spent for nothing
+    torch.utils.deterministic.fill_uninitialized_memory = False
 
 
 def cosine_with_warmup(total: int, warmup: int) -> Callable[[int], float]:
