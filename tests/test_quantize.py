@@ -41,7 +41,7 @@ def trained(tmp_path_factory):
     features = load_front_end(paths.audio_encoder).features(load_audio(paths.audio))
     data = AvatarFrames(np.load(paths.crops, mmap_mode="r"), features, preset.geometry)
     # 10 steps of 4 (~15 s): enough to leave the initial weights, as a test can afford
-    training = replace(preset.unet, epochs=1, steps_per_epoch=10, batch_size=4, num_workers=0,
+    training = replace(preset.unet, epochs=1, steps_per_epoch=10, batch_size=4,
                        sync_weight=0.0, checkpoint_every=100)  # fmt: skip
     trainer = Trainer(UNetTask(data, preset, training, syncnet=None), train_settings(training),
                       torch.device("cpu"), root / "run")  # fmt: skip
