@@ -13,8 +13,9 @@ Two steps, because the GPU machine has neither ffmpeg nor our face models:
 `run` trains the `default` preset from params.yaml through the project's own
 Trainer and tasks: a SyncNet for --syncnet-steps, then the U-Net for
 --unet-steps three times from the same seed: with AMP (what a CUDA run uses),
-in float32, and in float32 again (two float32 runs on a GPU drift apart too:
-that drift is the yardstick for AMP's). Step time is the median interval
+in float32, and in float32 again (where float32 runs on a GPU drift apart,
+that drift is the yardstick for AMP's; the Trainer asks torch for
+deterministic kernels, so they should not). Step time is the median interval
 between step starts inside an epoch, data loading included, the first epoch
 (cuDNN start-up, workers) left out; then the step alone on one batch kept on
 the GPU, per batch size, AMP or not, cudnn.benchmark or not. The perceptual
@@ -190,7 +191,8 @@ def run(
     data = unpack(data_path)
     if frames:
         data = dataclasses.replace(data, crops=data.crops[:frames], features=data.features[:frames])
-    preset = load_config(REPO / "params.yaml").presets["default"]
+    config = load_config(REPO / "params.yaml")
+    preset = config.presets["default"]
     if preset.geometry != data.geometry:
         raise SystemExit(
             f"{data_path} holds {data.geometry.name} crops, default is {preset.resolution}"
@@ -212,7 +214,11 @@ def run(
 
     sync_task = SyncNetTask(data, preset, sync_training)
     trainer, history, peak, step_s, _ = train(
-        sync_task, train_settings(sync_training), device, True, scratch / "syncnet"
+        sync_task,
+        train_settings(sync_training, config.num_workers),
+        device,
+        True,
+        scratch / "syncnet",
     )
     syncnet = trainer.model.eval()
     report["syncnet"] = {
@@ -223,13 +229,13 @@ def run(
         "val": history.val[-1],
     }
 
-    # fp32 twice: how far two runs drift apart anyway (cuDNN picks kernels that
-    # are not bit-reproducible), the yardstick for AMP's own drift
+    # fp32 twice: how far two runs drift apart anyway (kernels without a
+    # deterministic version), the yardstick for AMP's own drift
     unets = {}
     runs = (("amp", True), ("fp32", False), ("fp32_again", False))[: 1 if amp_only else 3]
     for key, amp in runs:
         task = UNetTask(data, preset, unet_training, syncnet).to(device)
-        settings = train_settings(unet_training)
+        settings = train_settings(unet_training, config.num_workers)
         trainer, history, peak, step_s, losses = train(
             task, settings, device, amp, scratch / f"unet-{key}"
         )
@@ -250,7 +256,9 @@ def run(
             "fp32_vs_fp32_again": _parity(report.data["unet_fp32_again"], report.data["unet_fp32"]),
         }
     report["compute_step_ms"] = [
-        compute_step_ms(data, preset, unet_training, syncnet, device, amp, batch, autotune)
+        compute_step_ms(
+            data, preset, unet_training, syncnet, device, amp, batch, autotune, config.num_workers
+        )
         for batch in compute_batches
         for amp in (True, False)
         for autotune in (False, True)
@@ -275,17 +283,21 @@ def _parity(a: dict, b: dict) -> dict:
     }
 
 
-def compute_step_ms(data, preset, training, syncnet, device, amp, batch, autotune, steps=30):
+def compute_step_ms(
+    data, preset, training, syncnet, device, amp, batch, autotune, num_workers, steps=30
+):
     """The U-Net's train step alone: one batch kept on the GPU, no data loading."""
     import torch
 
     from synctalk.train.tasks import UNetTask, train_settings
     from synctalk.train.trainer import Trainer
 
-    torch.backends.cudnn.benchmark = autotune
     training = dataclasses.replace(training, batch_size=batch)
     task = UNetTask(data, preset, training, syncnet).to(device)
-    trainer = Trainer(task, train_settings(training), device, Path(tempfile.mkdtemp()), amp=amp)
+    settings = train_settings(training, num_workers)
+    trainer = Trainer(task, settings, device, Path(tempfile.mkdtemp()), amp=amp)
+    # after the Trainer: its seeding turns the autotuner off (deterministic kernels)
+    torch.backends.cudnn.benchmark = autotune
     task.train_set.set_epoch(0)
     fixed = trainer._to_device(next(iter(trainer._loader(task.train_set))))
     for _ in range(5):
