@@ -189,6 +189,10 @@ class LandmarkParams:
     onnx_landmarks: str = "models/face/pfld_98pt_112.onnx"
     max_gap_frames: int = 12  # frames without a face that are interpolated (0.48 s)
     smoothing_sigma: float = 3.0  # frames; Gaussian smoothing of the crop box over time
+    # Taller frames are searched for the face scaled down to this height (the
+    # face models work on a few hundred pixels anyway); landmarks are mapped
+    # back to the full frame, which the crops are cut from.
+    detection_height: int = 1080
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,10 @@ from synctalk.face.crop import (
     round_crop_boxes,
     smooth_crop_boxes,
 )
-from synctalk.face.landmarks import ANCHOR_NAMES, FaceBackend, anchor_points
+from synctalk.face.landmarks import ANCHOR_NAMES, Face, FaceBackend, anchor_points
 from synctalk.face.track import FaceGapError, MainFaceTracker, fill_gaps
 from synctalk.manifest import LANDMARKS_SCHEMA, write_manifest
-from synctalk.media.video import iter_frames
+from synctalk.media.video import iter_frames, probe_video
 from synctalk.progress import progress
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,32 @@ def open_backend(params: LandmarkParams) -> FaceBackend:
     from synctalk.face.onnx_backend import OnnxFaceBackend
 
     return OnnxFaceBackend(params.onnx_detector, params.onnx_landmarks)
+
+
+class ScaledBackend:
+    """A backend searching frames scaled down to `height` rows, answering in full-frame pixels.
+
+    Decoding and searching a 4K frame costs several times a 1080p one and
+    finds the same face: the face models resize their input to a few hundred
+    pixels anyway. Coordinates scale by the frame's size ratio on each axis
+    (the backends' landmarks are fractions of the frame's width and height).
+    """
+
+    def __init__(self, backend: FaceBackend, width: int, height: int, scaled_height: int):
+        scaled_width = max(1, round(scaled_height * width / height))  # as iter_frames scales
+        self.backend = backend
+        self.name, self.anchors = backend.name, backend.anchors
+        self.scale = np.array([width / scaled_width, height / scaled_height], dtype=np.float32)
+
+    def detect(self, frame_bgr: np.ndarray) -> list[Face]:
+        box_scale = np.tile(self.scale, 2)
+        return [
+            Face(box=face.box * box_scale, score=face.score, points=face.points * self.scale)
+            for face in self.backend.detect(frame_bgr)
+        ]
+
+    def close(self) -> None:
+        self.backend.close()
 
 
 @dataclass
@@ -163,8 +189,13 @@ def prepare_landmarks(
     Both files appear together or not at all.
     """
     backend = open_backend(params)
+    frames = iter_frames(video)
+    info = probe_video(video)
+    if info.height > params.detection_height:
+        frames = iter_frames(video, height=params.detection_height)
+        backend = ScaledBackend(backend, info.width, info.height, params.detection_height)
     try:
-        track = track_faces(iter_frames(video), backend, params, n_frames=n_frames)
+        track = track_faces(frames, backend, params, n_frames=n_frames)
     except FaceGapError as exc:
         raise FaceGapError(f"{video}: {exc}") from None
     finally:
