@@ -33,6 +33,7 @@ bench: setup
 	$(PY) benchmarks/prepare.py
 	$(PY) benchmarks/render.py
 	$(PY) benchmarks/render.py --long-audio-minutes 10 --precision fp32
+	$(PY) benchmarks/audio_memory.py
 	$(PY) benchmarks/ledger.py
 
 # The renders ledger at 100,000 records: one append and one lookup, target < 20 ms each.

@@ -94,7 +94,8 @@ def make_unet(job: dict) -> None:
             raise SystemExit(f"{job['unet']}: a {unet.spec.resolution} U-Net, not {job['preset']}")
     else:
         torch.manual_seed(0)
-        unet = build_unet(job["preset"], mobile=job["mobile"])
+        audio_mode = job.get("audio_mode", "ave")
+        unet = build_unet(job["preset"], audio_mode=audio_mode, mobile=job["mobile"])
     save_model(unet.eval(), checkpoint(job))
     if unet.spec.audio_mode == "whisper":
         save_whisper_encoder(front_end_file(job))

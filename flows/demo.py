@@ -77,7 +77,6 @@ def _untrained_render(audio: Path) -> Path:
         runtime = load_runtime(unet, config.render, device, Path(tmp))
         front_end = load_front_end(paths.audio_encoder)
         render_video(avatar, runtime, front_end, audio, out, config.render, device)
-        avatar.close()
     return out
 
 

@@ -12,7 +12,7 @@ from synctalk.face.prepare import prepare_landmarks
 from synctalk.face.track import FaceGapError
 from synctalk.manifest import FRAMES_SCHEMA, read_manifest
 from synctalk.media.extract import extract_avatar
-from synctalk.media.ffmpeg import MediaError, run_ffmpeg
+from synctalk.media.ffmpeg import MediaError, ffmpeg_input, run_ffmpeg
 from synctalk.paths import AvatarPaths
 from tests.conftest import shared_path
 from tests.project import make_project, run
@@ -94,6 +94,13 @@ def test_odd_frame_rates_and_1080p_prepare(tmp_path, clip):
     assert crops.shape == (result.frames, 168, 168, 3)
     # the crop holds a face: not a flat patch of background
     assert crops[len(crops) // 2].std() > 20
+    # a keyframe every second exactly, so renders can start decoding at any second
+    only_keyframes = ["-skip_frame", "nokey", "-i", ffmpeg_input(paths.video)]
+    keyframes, _ = run_ffmpeg(
+        [*only_keyframes, "-fps_mode", "passthrough", "-f", "framemd5", "-"], source=paths.video
+    )
+    pts = [int(ln.split(b",")[2]) for ln in keyframes.splitlines() if not ln.startswith(b"#")]
+    assert len(pts) == -(-result.frames // 25) and len(set(np.diff(pts))) == 1
 
 
 def test_stage_cli_gives_one_clear_error_line(tmp_path):

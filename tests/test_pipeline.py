@@ -302,7 +302,6 @@ def test_int8_of_the_trained_tiny_avatar_reaches_the_bar(prepared, tmp_path):
     psnr = float(OnnxUNet(int8).metadata[PSNR_KEY])
     assert psnr >= params.int8_min_psnr, f"int8 vs fp32: {psnr:.1f} dB"
     assert loaded.runtime.precision == "int8"
-    loaded.close()
 
 
 def test_cli_render_skips_what_is_up_to_date_unless_forced(prepared, tmp_path):

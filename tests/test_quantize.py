@@ -74,14 +74,12 @@ def test_int8_of_a_trained_model_reaches_the_bar_and_renders(trained, tmp_path, 
     result = render_video(loaded.avatar, model, loaded.front_end, paths.audio,
                           tmp_path / "int8.mp4", params, "cpu")  # fmt: skip
     assert result.runtime == "onnxruntime:int8" and result.frames == 125
-    loaded.close()
 
     # A second load uses the cached file: no calibration, no new quantization.
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="synctalk.render.quantize"):
         again = _load(trained, params)
     assert again.runtime.precision == "int8" and "quantized" not in caplog.text
-    again.close()
 
 
 def test_int8_below_the_bar_renders_in_fp32_with_a_warning_naming_the_figure(
@@ -98,7 +96,6 @@ def test_int8_below_the_bar_renders_in_fp32_with_a_warning_naming_the_figure(
     result = render_video(loaded.avatar, loaded.runtime, loaded.front_end, paths.audio,
                           tmp_path / "fp32.mp4", params, "cpu")  # fmt: skip
     assert result.runtime == "onnxruntime"
-    loaded.close()
 
 
 def test_int8_without_the_avatars_audio_falls_back_to_fp32(trained, tmp_path, caplog):
@@ -115,7 +112,6 @@ def test_int8_without_the_avatars_audio_falls_back_to_fp32(trained, tmp_path, ca
     assert loaded.runtime.precision == "fp32"
     assert "int8 quantization failed" in caplog.text and "audio.wav" in caplog.text
     assert not int8_path(loaded.runtime.path).exists()
-    loaded.close()
 
 
 def _uint8_error(x: np.ndarray, lo: float, hi: float) -> float:

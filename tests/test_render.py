@@ -211,29 +211,36 @@ def short_audio(prepared):
     return out
 
 
-def test_render_cache_matches_the_avatar(prepared, avatar):
+def test_render_avatar_gives_the_training_crops_of_the_decoded_footage(prepared, avatar):
     _, paths, _, _ = prepared
     table, _ = read_manifest(paths.landmarks, LANDMARKS_SCHEMA)
     assert len(avatar) == table.num_rows == 125
     assert avatar.frame_size == (512, 512)
     decoded = list(iter_frames(paths.video))
-    np.testing.assert_array_equal(avatar.frames[7], decoded[7])
-    np.testing.assert_array_equal(avatar.read_frame(7), decoded[7])
+    schedule = background_schedule(len(avatar), 300)  # forward, backward, forward again
+    for k, frame in enumerate(avatar.backgrounds(schedule)):
+        np.testing.assert_array_equal(frame, decoded[schedule[k]])
     crops = np.load(paths.crops, mmap_mode="r")
-    np.testing.assert_array_equal(avatar.read_crop(9), crops[9])
+    np.testing.assert_array_equal(avatar.crop(decoded[9], 9), crops[9])
     m, s = GEOMETRY.margin, GEOMETRY.size
     np.testing.assert_array_equal(
-        avatar.read_input(9), crops[9, m : m + s, m : m + s].transpose(2, 0, 1)
+        avatar.model_input(crops[9]), crops[9, m : m + s, m : m + s].transpose(2, 0, 1)
+    )
+    picks = np.array([70, 3, 9])
+    np.testing.assert_array_equal(
+        avatar.model_inputs(picks), [avatar.model_input(crops[j]) for j in picks]
     )
 
 
-def test_render_cache_is_reused_and_rebuilt_when_inputs_change(prepared, avatar):
+def test_the_render_cache_is_small_reused_and_rebuilt_when_inputs_change(prepared, avatar):
     root, paths, _, _ = prepared
     cache_root = root / "data" / "cache"
-    frames_file = avatar.cache_dir / "frames.npy"
-    stamp = frames_file.stat().st_mtime_ns
+    assert sorted(p.name for p in avatar.cache_dir.iterdir()) == ["boxes.npy", "meta.json"]
+    assert sum(p.stat().st_size for p in avatar.cache_dir.iterdir()) < 10_000
+    meta_file = avatar.cache_dir / "meta.json"
+    stamp = meta_file.stat().st_mtime_ns
     again = prepare_render_avatar(paths, GEOMETRY, cache_root)
-    assert again.cache_dir == avatar.cache_dir and frames_file.stat().st_mtime_ns == stamp
+    assert again.cache_dir == avatar.cache_dir and meta_file.stat().st_mtime_ns == stamp
 
     # Landmarks re-run (boxes moved by a pixel): a new key; the old cache goes.
     other = AvatarPaths("may2", root)
@@ -242,8 +249,8 @@ def test_render_cache_is_reused_and_rebuilt_when_inputs_change(prepared, avatar)
     table, meta = read_manifest(paths.landmarks, LANDMARKS_SCHEMA)
     columns = {name: table.column(name).to_pylist() for name in table.column_names}
     write_manifest(other.landmarks, columns, LANDMARKS_SCHEMA, meta)
-    old = prepare_render_avatar(other, GEOMETRY, cache_root)  # no crops.npy: cut from frames
-    np.testing.assert_array_equal(old.read_crop(3), avatar.read_crop(3))
+    old = prepare_render_avatar(other, GEOMETRY, cache_root)
+    np.testing.assert_array_equal(old.crop_boxes, avatar.crop_boxes)
     columns["crop_box"] = [[x + 1, y, side] for x, y, side in columns["crop_box"]]
     write_manifest(other.landmarks, columns, LANDMARKS_SCHEMA, meta)
     new = prepare_render_avatar(other, GEOMETRY, cache_root)
@@ -255,6 +262,12 @@ def test_render_cache_is_reused_and_rebuilt_when_inputs_change(prepared, avatar)
     (new.cache_dir / "meta.json").unlink()
     rebuilt = prepare_render_avatar(other, GEOMETRY, cache_root)
     assert (rebuilt.cache_dir / "meta.json").is_file() and rebuilt.key == new.key
+
+    # Landmarks of another length than the footage: re-run them, says the error.
+    short = {name: values[:100] for name, values in columns.items()}
+    write_manifest(other.landmarks, short, LANDMARKS_SCHEMA, meta)
+    with pytest.raises(RenderError, match="125 frames but .* has 100 rows; re-run the landmarks"):
+        prepare_render_avatar(other, GEOMETRY, cache_root)
 
 
 # --------------------------------------------------------------------------
@@ -301,10 +314,11 @@ def test_render_keeps_the_background_outside_the_crop_boxes(rendered, avatar):
     out, result, params = rendered
     schedule = background_schedule(len(avatar), result.frames, params.same_start_end)
     count, squared, pixels, worst = 0, 0.0, 0, np.inf
+    footage = list(iter_frames(avatar.video))
     for k, frame in enumerate(iter_frames(out)):
         j = schedule[k]
         outside = _outside(frame.shape, tuple(int(v) for v in avatar.crop_boxes[j]))
-        got, want = frame[outside], avatar.frames[j][outside]
+        got, want = frame[outside], footage[j][outside]
         squared += np.sum((got.astype(np.float64) - want) ** 2)
         pixels += got.size
         worst = min(worst, _psnr(got, want))

@@ -16,6 +16,7 @@ Which one a file holds is read off its tensor names.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,11 +40,23 @@ class AudioFrontEnd:
     audio_mode: str  # "ave" or "whisper"
     model: nn.Module
 
+    @property
+    def dim(self) -> int:
+        """The length of one frame's feature vector."""
+        return whisper.FEATURE_DIM if self.audio_mode == "whisper" else ave.EMBEDDING_DIM
+
     def features(self, wav: np.ndarray) -> np.ndarray:
         """float32 [N, D]: one feature vector per 25 fps frame of 16 kHz mono `wav`."""
         if self.audio_mode == "whisper":
             return whisper.encode_frames(wav, self.model)
         return ave.encode_frames(wav, self.model)
+
+    def stream(self, chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """`features` of the concatenated `chunks`, in consecutive blocks of rows, as the
+        audio arrives: memory stays flat however long the audio."""
+        if self.audio_mode == "whisper":
+            return whisper.encode_stream(chunks, self.model)
+        return ave.encode_stream(chunks, self.model)
 
 
 def save_whisper_encoder(out: Path) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import librosa
@@ -29,10 +30,8 @@ from synctalk.config import FPS, SAMPLE_RATE
 from synctalk.hashing import file_sha256
 from synctalk.models.whisper_encoder import (
     FEATURE_DIM,
-    LAYERS,
     N_MELS,
     VECTORS_PER_FRAME,
-    WIDTH,
     WINDOW_VECTORS,
     WhisperEncoder,
     WhisperError,
@@ -113,26 +112,52 @@ def frame_count(n_samples: int) -> int:
     return round(n_samples * FPS / SAMPLE_RATE)
 
 
-@torch.inference_mode()
 def encode_frames(wav: np.ndarray, encoder: WhisperEncoder) -> np.ndarray:
-    """Per-frame Whisper features of 16 kHz mono `wav`, float32 [N, FEATURE_DIM].
+    """Per-frame Whisper features of 16 kHz mono `wav`, float32 [N, FEATURE_DIM]."""
+    blocks = list(encode_stream([wav], encoder))
+    return np.concatenate(blocks) if blocks else np.zeros((0, FEATURE_DIM), np.float32)
 
-    Memory stays flat with the audio's length: one 30 s window at a time.
+
+@torch.inference_mode()
+def encode_stream(chunks: Iterable[np.ndarray], encoder: WhisperEncoder) -> Iterator[np.ndarray]:
+    """`encode_frames` of the concatenated `chunks` (16 kHz mono), in consecutive blocks of
+    frames, float32 [k, FEATURE_DIM], as the audio arrives.
+
+    Memory stays flat with the audio's length: it holds one 30 s window of
+    samples. Windows sit where the whole file would put them, so the blocks
+    are the whole file's features.
     """
-    n_frames = frame_count(len(wav))
-    n_vectors = n_frames * VECTORS_PER_FRAME
     device = next(encoder.parameters()).device
-    vectors = np.zeros((n_vectors, len(LAYERS), WIDTH), dtype=np.float32)
-    start = 0
-    while start < n_vectors:
-        mel = torch.from_numpy(log_mel(wav[start * SAMPLES_PER_VECTOR :]))[None].to(device)
+    buffer = np.zeros(0, dtype=np.float32)
+    offset = 0  # samples dropped from the buffer's front
+    start = 0  # vector index of the next window
+    chunks = iter(chunks)
+    total: int | None = None  # samples, once the audio has ended
+    while True:
+        # A window that is not the last must not be taken for the last: wait until the
+        # audio runs a frame past its end (or has ended) before encoding it.
+        needed = (start + WINDOW_VECTORS) * SAMPLES_PER_VECTOR + 2 * SAMPLES_PER_VECTOR
+        while total is None and offset + len(buffer) < needed:
+            chunk = next(chunks, None)
+            if chunk is None:
+                total = offset + len(buffer)
+            else:
+                buffer = np.concatenate([buffer, np.asarray(chunk, dtype=np.float32)])
+        n_vectors = frame_count(total) * VECTORS_PER_FRAME if total is not None else None
+        if n_vectors is not None and start >= n_vectors:
+            return
+        window = buffer[start * SAMPLES_PER_VECTOR - offset :]
+        mel = torch.from_numpy(log_mel(window))[None].to(device)
         states = encoder(mel)[0].transpose(0, 1).float().cpu().numpy()  # [1500, layers, 384]
-        last = start + WINDOW_VECTORS >= n_vectors
+        last = n_vectors is not None and start + WINDOW_VECTORS >= n_vectors
         keep_from = 0 if start == 0 else MARGIN_VECTORS
-        keep_to = WINDOW_VECTORS if last else WINDOW_VECTORS - MARGIN_VECTORS
-        keep_to = min(keep_to, n_vectors - start)
-        vectors[start + keep_from : start + keep_to] = states[keep_from:keep_to]
+        keep_to = (
+            min(WINDOW_VECTORS, n_vectors - start) if last else WINDOW_VECTORS - MARGIN_VECTORS
+        )
+        if keep_to > keep_from:
+            yield states[keep_from:keep_to].reshape(-1, FEATURE_DIM)
         if last:
-            break
+            return
         start += STRIDE_VECTORS
-    return vectors.reshape(n_frames, FEATURE_DIM)
+        drop = start * SAMPLES_PER_VECTOR - offset
+        buffer, offset = buffer[drop:], offset + drop

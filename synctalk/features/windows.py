@@ -12,8 +12,10 @@ reshaped to their audio input shape (e.g. [16, 512] -> [32, 16, 16] for AVE).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 
 import numpy as np
+from scipy.ndimage import gaussian_filter1d
 
 WINDOW = 16  # SyncTalk_2D's window
 
@@ -57,6 +59,28 @@ def smooth_features(features: np.ndarray, sigma: float) -> np.ndarray:
     """
     if sigma <= 0:
         return features
-    from scipy.ndimage import gaussian_filter1d
-
     return gaussian_filter1d(features, sigma, axis=0, mode="nearest").astype(features.dtype)
+
+
+def smooth_stream(blocks: Iterable[np.ndarray], sigma: float) -> Iterator[np.ndarray]:
+    """`smooth_features` of the concatenated `blocks` of rows, in consecutive blocks.
+
+    A row is final once the rows the Gaussian reaches past it have arrived
+    (its radius, 4 sigma), so the blocks are the whole array's smoothed rows.
+    """
+    if sigma <= 0:
+        yield from blocks
+        return
+    radius = int(4.0 * sigma + 0.5)  # gaussian_filter1d's reach (truncate=4)
+    held = None  # rows not yet final, with the `radius` final rows before them
+    done = 0  # rows of `held` already yielded
+    for block in blocks:
+        held = block if held is None else np.concatenate([held, block])
+        smoothed = smooth_features(held, sigma)
+        ready = len(held) - radius
+        if ready > done:
+            yield smoothed[done:ready]
+            keep = max(0, ready - radius)
+            held, done = held[keep:], ready - keep
+    if held is not None and len(held) > done:
+        yield smooth_features(held, sigma)[done:]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import re
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import soxr
 from scipy import signal
 
 from synctalk.config import FPS, SAMPLE_RATE
-from synctalk.media.ffmpeg import MediaError, check_file, ffmpeg_input, run_ffmpeg
+from synctalk.media.ffmpeg import FfmpegStream, MediaError, check_file, ffmpeg_input
 
 
 class AudioError(MediaError):
@@ -64,38 +65,57 @@ def load_audio(path: str | Path) -> np.ndarray:
     Raises AudioError naming the file when it is missing, empty, has no audio
     stream, or cannot be decoded.
     """
+    return np.concatenate(list(stream_audio(path)))
+
+
+def stream_audio(path: str | Path) -> Iterator[np.ndarray]:
+    """`load_audio`'s samples in consecutive chunks of a few seconds, float32, 16 kHz mono.
+
+    Memory stays at one chunk however long the file: an hour of 48 kHz stereo
+    would be 1.4 GB decoded at once. The samples are exactly `load_audio`'s
+    (soxr's streamed resampler gives what its one-shot call does). The checks
+    of a truncated file need the whole file, so they raise at the end.
+    """
     path = Path(path)
+    decoder = FfmpegStream(
+        ["-i", ffmpeg_input(path), "-map", "0:a:0", "-vn", "-c:a", "pcm_f32le", "-f", "wav", "-"],
+        source=path,
+        loglevel="info",  # the declared duration and corruption warnings are needed
+    )
+    wav = _FloatWav(path)
+    resampler: soxr.ResampleStream | None = None
+    decoded = 0  # samples at the file's own rate
     try:
         check_file(path)
-        wav_bytes, log = run_ffmpeg(
-            [
-                "-i",
-                ffmpeg_input(path),
-                "-map",
-                "0:a:0",
-                "-vn",
-                "-c:a",
-                "pcm_f32le",
-                "-f",
-                "wav",
-                "-",
-            ],
-            source=path,
-            loglevel="info",  # the declared duration and corruption warnings are needed
-        )
+        for block in decoder:
+            samples = wav.feed(block)
+            if samples is None or not len(samples):
+                continue
+            decoded += len(samples)
+            mono = samples.mean(axis=1, dtype=np.float32) if samples.shape[1] > 1 else samples[:, 0]
+            if wav.rate == SAMPLE_RATE:
+                yield np.ascontiguousarray(mono, dtype=np.float32)
+                continue
+            if resampler is None:
+                resampler = soxr.ResampleStream(
+                    wav.rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ"
+                )
+            if len(out := resampler.resample_chunk(mono)):
+                yield out
     except MediaError as exc:
         detail = str(exc).removeprefix(f"{path}: ")
         if "matches no streams" in detail:
             detail = "no audio stream"
         raise AudioError(f"{path}: cannot decode audio ({detail})") from None
-    rate, samples = _parse_float_wav(wav_bytes, path)
-    if samples.size == 0:
+    if wav.rate is None:
+        raise AudioError(f"{path}: decoder produced no audio")
+    if decoded == 0:
         raise AudioError(f"{path}: contains no audio samples")
-    _check_complete(path, log, len(samples) / rate)
-    mono = samples.mean(axis=1, dtype=np.float32) if samples.shape[1] > 1 else samples[:, 0]
-    if rate != SAMPLE_RATE:
-        mono = soxr.resample(mono, rate, SAMPLE_RATE, quality="HQ")
-    return np.ascontiguousarray(mono, dtype=np.float32)
+    if resampler is not None and len(
+        out := resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+    ):
+        yield out
+    _check_complete(path, decoder.stderr, decoded / wav.rate)
 
 
 _DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
@@ -124,28 +144,52 @@ def _check_complete(path: Path, log: str, decoded_s: float) -> None:
             )
 
 
-def _parse_float_wav(data: bytes, source: Path) -> tuple[int, np.ndarray]:
-    """(sample rate, float32 [frames, channels]) from ffmpeg's pcm_f32le WAV on a pipe.
+class _FloatWav:
+    """ffmpeg's pcm_f32le WAV on a pipe, parsed as it arrives.
 
     ffmpeg cannot seek back on a pipe to fill in the data chunk's size, so the
     data chunk is taken to run to the end of the stream.
     """
-    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        raise AudioError(f"{source}: decoder produced no audio")
-    pos, rate, channels = 12, None, None
-    while pos + 8 <= len(data):
-        chunk_id, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
-        body = pos + 8
-        if chunk_id == b"fmt ":
-            channels, rate = struct.unpack("<HI", data[body + 2 : body + 8])
-        elif chunk_id == b"data":
-            if rate is None or channels is None:
-                break
-            raw = data[body:]
-            raw = raw[: len(raw) - len(raw) % (4 * channels)]
-            return rate, np.frombuffer(raw, dtype="<f4").reshape(-1, channels)
-        pos = body + size + (size & 1)
-    raise AudioError(f"{source}: decoder produced no audio")
+
+    def __init__(self, source: Path):
+        self.source = source
+        self.rate: int | None = None
+        self.channels: int | None = None
+        self._pending = b""  # the header until the data chunk starts, then a partial sample
+        self._in_data = False
+
+    def feed(self, block: bytes) -> np.ndarray | None:
+        """The whole samples `block` completes, float32 [frames, channels]; None in the header."""
+        data = self._pending + block
+        if not self._in_data:
+            start = self._data_start(data)
+            if start is None:
+                self._pending = data
+                return None
+            data, self._in_data = data[start:], True
+        size = 4 * self.channels
+        usable = len(data) - len(data) % size
+        self._pending = data[usable:]
+        return np.frombuffer(data[:usable], dtype="<f4").reshape(-1, self.channels)
+
+    def _data_start(self, data: bytes) -> int | None:
+        """Where the samples start in `data`, None while the header is incomplete."""
+        if len(data) >= 12 and (data[:4] != b"RIFF" or data[8:12] != b"WAVE"):
+            raise AudioError(f"{self.source}: decoder produced no audio")
+        pos = 12
+        while pos + 8 <= len(data):
+            chunk_id, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
+            body = pos + 8
+            if chunk_id == b"fmt ":
+                if len(data) < body + 8:
+                    return None
+                self.channels, self.rate = struct.unpack("<HI", data[body + 2 : body + 8])
+            elif chunk_id == b"data":
+                if self.rate is None or not self.channels:
+                    raise AudioError(f"{self.source}: decoder produced no audio")
+                return body
+            pos = body + size + (size & 1)
+        return None
 
 
 # --------------------------------------------------------------------------

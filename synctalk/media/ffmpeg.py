@@ -6,6 +6,8 @@ import functools
 import os
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -54,12 +56,56 @@ def run_ffmpeg(args: list[str], source: str | Path, loglevel: str = "error") -> 
 
     On failure raise MediaError naming `source` with ffmpeg's last message.
     """
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", loglevel, *args]
-    proc = subprocess.run(cmd, capture_output=True, check=False)
+    proc = subprocess.run(_command(args, loglevel), capture_output=True, check=False)
     stderr = proc.stderr.decode(errors="replace")
     if proc.returncode != 0:
-        lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-        telling = [ln for ln in lines if any(marker in ln for marker in _TELLING)]
-        detail = (telling or lines or [f"ffmpeg exited with status {proc.returncode}"])[-1]
-        raise MediaError(f"{source}: {detail}")
+        raise MediaError(f"{source}: {failure_detail(stderr, proc.returncode)}")
     return proc.stdout, stderr
+
+
+class FfmpegStream:
+    """ffmpeg's stdout, read in blocks of up to `block` bytes as ffmpeg produces them.
+
+    Iterate once; afterwards `stderr` holds ffmpeg's log. Memory stays at one
+    block however long the output. stderr goes to a temporary file, not a pipe
+    nobody reads while stdout is (ffmpeg would block on a full pipe). On
+    failure the iteration raises MediaError naming `source` with ffmpeg's last
+    message; a consumer that stops early stops ffmpeg.
+    """
+
+    def __init__(
+        self, args: list[str], source: str | Path, loglevel: str = "error", block: int = 1 << 20
+    ):
+        self.args, self.source, self.loglevel, self.block = args, source, loglevel, block
+        self.stderr = ""
+
+    def __iter__(self) -> Iterator[bytes]:
+        with tempfile.TemporaryFile() as log:
+            proc = subprocess.Popen(
+                _command(self.args, self.loglevel), stdout=subprocess.PIPE, stderr=log
+            )
+            try:
+                while data := proc.stdout.read(self.block):
+                    yield data
+                returncode = proc.wait()
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.stdout.close()
+                proc.wait()
+            log.seek(0)
+            self.stderr = log.read().decode(errors="replace")
+        if returncode != 0:
+            raise MediaError(f"{self.source}: {failure_detail(self.stderr, returncode)}")
+
+
+def failure_detail(stderr: str, returncode: int) -> str:
+    """What went wrong, from ffmpeg's stderr: its most telling line, else its last, else
+    the exit status."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    telling = [ln for ln in lines if any(marker in ln for marker in _TELLING)]
+    return (telling or lines or [f"ffmpeg exited with status {returncode}"])[-1]
+
+
+def _command(args: list[str], loglevel: str) -> list[str]:
+    return [ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", loglevel, *args]

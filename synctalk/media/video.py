@@ -310,7 +310,9 @@ def transcode_to_cfr(
     start_time=0 repeats the first frame if the video starts late, so audio
     and frames stay aligned), the rotation metadata is applied to the pixels
     and none is left behind, odd sizes lose their last row or column (libx264
-    4:2:0 needs even sizes) and anamorphic pixels are stretched square. CRF 12
+    4:2:0 needs even sizes) and anamorphic pixels are stretched square. A
+    keyframe every second lets a reader start anywhere after decoding at most a
+    second (renders play the footage backwards a second at a time). CRF 12
     is visually lossless; the file is an intermediate, not a deliverable. No
     audio: the pipeline takes sound from the source (see `write_wav16k`).
 
@@ -355,6 +357,9 @@ def transcode_to_cfr(
         cmd += ["-i", ffmpeg_input(src), "-map", "0:V:0", "-an", "-sn", "-dn"]
         cmd += ["-map_metadata", "-1", "-map_chapters", "-1", "-vf", ",".join(filters)]
         cmd += ["-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p"]
+        # A keyframe every second exactly (none at scene cuts, which would shift
+        # the next ones): renders play the footage backwards a second at a time.
+        cmd += ["-g", str(fps), "-sc_threshold", "0"]
         if duration is not None:
             cmd += ["-t", f"{duration:.3f}"]
         cmd += ["-progress", "pipe:1", "-f", container, ffmpeg_input(tmp)]
@@ -431,7 +436,14 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def iter_frames(
-    path: str | Path, width: int | None = None, height: int | None = None
+    path: str | Path,
+    width: int | None = None,
+    height: int | None = None,
+    *,
+    start: int = 0,
+    count: int | None = None,
+    threads: int = 0,
+    info: VideoInfo | None = None,
 ) -> Iterator[np.ndarray]:
     """Yield `path`'s frames in order as BGR uint8 arrays [H, W, 3], as cv2 would.
 
@@ -440,7 +452,11 @@ def iter_frames(
     duplicate frames of a 22 fps clip up to its 30 fps time base). Read a
     mezzanine from `transcode_to_cfr` to get 25 fps. Rotation metadata is
     applied. With `width` and/or `height` frames are resized (the missing one
-    keeps the aspect ratio).
+    keeps the aspect ratio). `start` and `count` decode frames start ..
+    start + count - 1 of a constant-rate file (a mezzanine) only: ffmpeg
+    seeks to the keyframe before `start` and decodes from there. `threads`
+    caps the decoder's threads (0: ffmpeg's choice, as many as cores). `info`,
+    the file's VideoInfo if the caller has it, saves probing the file again.
 
     Frames stream through a pipe one at a time, so memory stays at one frame
     whatever the length. Stopping early (break, or dropping the generator)
@@ -448,12 +464,20 @@ def iter_frames(
     file turns out to be truncated, after the frames it could decode.
     """
     path = Path(path)
-    info = probe_video(path)
+    info = info or probe_video(path)
     out_w, out_h = _output_size(info, width, height)
     filters = ["format=bgr24"]
     if (out_w, out_h) != (info.width, info.height):
         filters.insert(0, f"scale={out_w}:{out_h}:flags=bicubic")
     cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "warning", "-nostats"]
+    if start > 0:
+        # Frame `start`'s own time: the demuxer starts at the keyframe at or
+        # before it (a seek any earlier would start a whole keyframe interval
+        # earlier when `start` is a keyframe), and decoding drops the frames
+        # before it. At 25 fps every frame's time is a whole microsecond.
+        cmd += ["-ss", f"{start / info.fps:.6f}"]
+    if threads:
+        cmd += ["-threads", str(threads)]
     cmd += [
         "-i",
         ffmpeg_input(path),
@@ -465,6 +489,8 @@ def iter_frames(
         "-fps_mode",
         "passthrough",
     ]
+    if count is not None:
+        cmd += ["-frames:v", str(count)]
     cmd += ["-vf", ",".join(filters), "-f", "rawvideo", "-pix_fmt", "bgr24", "pipe:1"]
     frame_bytes = out_w * out_h * 3
 

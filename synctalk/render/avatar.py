@@ -1,33 +1,32 @@
 """Everything rendering needs that depends only on the avatar, prepared once and cached.
 
-Rendering an audio file re-uses the same few seconds or minutes of the
-avatar's video as the background, over and over. Decoding that video, cutting
-the crops and arranging them the way the U-Net wants them is the same work
-for every audio file of a night's batch, so it is done once and kept on disk
-under ``data/cache/<name>/render-<key>/``:
+A render shows the avatar's own footage as the background, over and over,
+with the model's mouth pasted in. What it needs per footage frame is the
+frame itself, decoded from the extract stage's mezzanine as the render goes
+(synctalk.render.background), and the frame's crop box, from which the crop
+(the paste-back's margin ring) and the U-Net's input are cut again each
+time: cutting costs less than reading a stored crop would. So the cache,
+under ``data/cache/<name>/render-<key>/``, holds only what is checked once:
 
 =================  =========================================================
-``frames.npy``     uint8 [N, H, W, 3] BGR: the decoded 25 fps mezzanine
-``crops.npy``      uint8 [N, crop_size, crop_size, 3] BGR: the crops of
-                   landmarks.parquet's crop boxes (the margin ring of the
-                   paste-back comes from here)
-``inputs.npy``     uint8 [N, 3, S, S]: the crops' inner S x S box, channel
-                   first, which is both the U-Net's reference crop and (with
-                   the mouth masked) its current crop
-``boxes.npy``      int32 [N, 3]: the crop boxes (x0, y0, side)
-``meta.json``      what the cache was made from; written last
+``boxes.npy``      int32 [N, 3]: the crop boxes (x0, y0, side), checked to
+                   lie in the frame
+``meta.json``      what the cache was made from, the frame size; written last
 =================  =========================================================
 
-The key is a short hash of the mezzanine's and landmarks.parquet's sha256,
-the crop geometry and the cache's format version, so a re-extracted video or
-re-run landmarks give a new directory rather than stale pixels. The
-directory is built under a temporary name and renamed into place, so a cache
-is either complete or absent; older caches of the same avatar and crop size
-are removed once a new one is in place (frames.npy is large).
+and a five-minute 1080p avatar costs kilobytes of cache rather than the 46 GB
+its decoded frames would take. The key is a short hash of the mezzanine's and
+landmarks.parquet's sha256, the crop geometry and the cache's format
+version, so a re-extracted video or re-run landmarks give a new directory.
+The directory is built under a temporary name and renamed into place, so a
+cache is either complete or absent; older caches of the same avatar and crop
+size are removed once a new one is in place.
 
 The reference crop for output frame i is the avatar's own crop of the
 background frame it is drawn on, as in SyncTalk_2D's inference: the U-Net
-then has the exact face it must reproduce and only redraws the mouth.
+then has the exact face it must reproduce and only redraws the mouth. It is
+cut with the function that cut the training crops, from the same decoded
+frames, so it is exactly the crop the model was trained on.
 """
 
 from __future__ import annotations
@@ -35,30 +34,27 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
-import threading
-import weakref
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 import synctalk
 from synctalk.atomic import staging_dir
-from synctalk.config import Resolution
+from synctalk.config import FPS, Resolution
 from synctalk.face.crop import cut_crop
 from synctalk.hashing import file_sha256
 from synctalk.manifest import LANDMARKS_SCHEMA, fixed_list_to_numpy, read_manifest
-from synctalk.media.video import iter_frames, probe_video
+from synctalk.media.video import probe_video
 from synctalk.paths import AvatarPaths
-from synctalk.progress import progress
+from synctalk.render.background import background_frames, segment_frames
 
 log = logging.getLogger(__name__)
 
 # Bump when the files' layout or content changes: every cache is then rebuilt.
-CACHE_FORMAT = 1
-_FILES = ("frames.npy", "crops.npy", "inputs.npy", "boxes.npy")
+CACHE_FORMAT = 2
 
 
 class RenderError(RuntimeError):
@@ -117,90 +113,42 @@ def _ping_pong(k: np.ndarray, period: int) -> np.ndarray:
 # the cached avatar
 
 
-class _Rows:
-    """Reads rows of a .npy file by positional reads (pread).
-
-    A memory map would do too, but every page it touches counts towards the
-    process's resident memory: rendering the whole 5-minute 1080p avatar
-    background would show as tens of GB of RSS. pread copies the row into a
-    buffer the caller owns and maps nothing, so memory stays at the buffers.
-    It is positional, hence safe from several threads at once.
-    """
-
-    def __init__(self, path: Path):
-        array = np.load(path, mmap_mode="r")
-        self.shape: tuple[int, ...] = array.shape
-        self.dtype = array.dtype
-        self.offset: int = array.offset
-        self.row_bytes = int(np.prod(array.shape[1:], dtype=np.int64)) * array.dtype.itemsize
-        del array
-        self.fd = os.open(path, os.O_RDONLY)
-        self._closer = weakref.finalize(self, os.close, self.fd)
-
-    def read(self, index: int, out: np.ndarray | None = None) -> np.ndarray:
-        if out is None:
-            out = np.empty(self.shape[1:], dtype=self.dtype)
-        got = os.preadv(self.fd, [memoryview(out).cast("B")], self.offset + index * self.row_bytes)
-        if got != self.row_bytes:
-            raise RenderError(f"short read of row {index} ({got} of {self.row_bytes} bytes)")
-        return out
-
-    def close(self) -> None:
-        self._closer()
-
-
 @dataclass
 class RenderAvatar:
-    """An avatar ready to render: see the module docstring for the files.
-
-    `frames`, `crops` and `inputs` are read-only memory maps for random
-    access (tests, tools); the engine's hot loop reads rows with
-    `read_frame`, `read_crop` and `read_input` instead (see `_Rows`).
-    """
+    """An avatar ready to render: its footage, crop boxes and crop geometry."""
 
     name: str
     geometry: Resolution
     cache_dir: Path
     key: str
+    video: Path  # the 25 fps mezzanine
     crop_boxes: np.ndarray  # int32 [N, 3] (x0, y0, side)
-    frames: np.ndarray  # uint8 [N, H, W, 3] memmap
-    crops: np.ndarray  # uint8 [N, crop_size, crop_size, 3] memmap
-    inputs: np.ndarray  # uint8 [N, 3, S, S] memmap
-    _readers: dict[str, _Rows] = field(default_factory=dict, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    frame_size: tuple[int, int]  # (height, width) of the footage
 
     def __len__(self) -> int:
         return len(self.crop_boxes)
 
-    @property
-    def frame_size(self) -> tuple[int, int]:
-        """(height, width) of the background frames."""
-        return int(self.frames.shape[1]), int(self.frames.shape[2])
+    def backgrounds(self, schedule: np.ndarray) -> Iterator[np.ndarray]:
+        """The footage's frames in `schedule` order (uint8 [H, W, 3] BGR, each a new array)."""
+        return background_frames(self.video, schedule, segment_frames(self.frame_size))
 
-    def _reader(self, name: str) -> _Rows:
-        with self._lock:  # the engine's threads open their files at the same time
-            if name not in self._readers:
-                self._readers[name] = _Rows(self.cache_dir / name)
-            return self._readers[name]
+    def crop(self, frame: np.ndarray, index: int) -> np.ndarray:
+        """Footage frame `index`'s crop at crop_size (uint8 [C, C, 3] BGR)."""
+        return cut_crop(frame, self.crop_boxes[index], self.geometry.crop_size)
 
-    def read_frame(self, index: int, out: np.ndarray | None = None) -> np.ndarray:
-        """Background frame `index` (uint8 [H, W, 3]), into `out` if given."""
-        return self._reader("frames.npy").read(index, out)
+    def model_input(self, crop: np.ndarray) -> np.ndarray:
+        """The U-Net's crop of a crop: its inner box, channel first (uint8 [3, S, S] BGR)."""
+        m, s = self.geometry.margin, self.geometry.size
+        return crop[m : m + s, m : m + s].transpose(2, 0, 1)
 
-    def read_crop(self, index: int, out: np.ndarray | None = None) -> np.ndarray:
-        """Crop `index` at crop_size (uint8 [C, C, 3] BGR), into `out` if given."""
-        return self._reader("crops.npy").read(index, out)
-
-    def read_input(self, index: int, out: np.ndarray | None = None) -> np.ndarray:
-        """The model-size crop `index`, channel first (uint8 [3, S, S] BGR)."""
-        return self._reader("inputs.npy").read(index, out)
-
-    def close(self) -> None:
-        """Close the files `read_*` opened (they are also closed when the object goes)."""
-        with self._lock:
-            for reader in self._readers.values():
-                reader.close()
-            self._readers.clear()
+    def model_inputs(self, indices: np.ndarray) -> np.ndarray:
+        """The U-Net's crops of footage frames `indices` (uint8 [k, 3, S, S]), in that order."""
+        order = np.argsort(indices, kind="stable")
+        out = np.empty((len(indices), 3, self.geometry.size, self.geometry.size), np.uint8)
+        wanted = np.asarray(indices)[order]
+        for k, frame in zip(order, self.backgrounds(wanted), strict=True):
+            out[k] = self.model_input(self.crop(frame, int(indices[k])))
+        return out
 
 
 def cache_key(video_sha256: str, landmarks_sha256: str, geometry: Resolution) -> str:
@@ -225,9 +173,8 @@ def prepare_render_avatar(
     """The avatar's render cache for `geometry`, built if missing or out of date.
 
     Needs the extract stage's mezzanine and the landmarks stage's
-    landmarks.parquet (crops.npy is used when its crop size matches, else the
-    crops are cut again from the frames, with the same function). The cache
-    lives in ``cache_root/<name>/render-<key>``; a valid one is opened as is.
+    landmarks.parquet. The cache lives in ``cache_root/<name>/render-<key>``;
+    a valid one is opened as is.
     """
     for needed, stage in ((paths.video, "extract"), (paths.landmarks, "landmarks")):
         if not needed.is_file():
@@ -241,7 +188,7 @@ def prepare_render_avatar(
     key = cache_key(shas["video_sha256"], shas["landmarks_sha256"], geometry)
     avatar_root = Path(cache_root) / paths.name
     cache_dir = avatar_root / f"render-{key}"
-    avatar = _open_cache(paths.name, geometry, cache_dir, key)
+    avatar = _open_cache(paths, geometry, cache_dir, key)
     if avatar is not None:
         log.info("render cache of %s: %s (%d frames)", paths.name, cache_dir, len(avatar))
         return avatar
@@ -257,18 +204,20 @@ def prepare_render_avatar(
             staging.rename(cache_dir)
         except OSError:
             # Another process finished the same cache first; theirs is as good as ours.
-            if _open_cache(paths.name, geometry, cache_dir, key) is None:
+            if _open_cache(paths, geometry, cache_dir, key) is None:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     _remove_stale(avatar_root, cache_dir, geometry)
-    avatar = _open_cache(paths.name, geometry, cache_dir, key)
+    avatar = _open_cache(paths, geometry, cache_dir, key)
     if avatar is None:  # pragma: no cover - we just built it
         raise RenderError(f"{cache_dir}: render cache unreadable right after it was built")
     return avatar
 
 
-def _open_cache(name: str, geometry: Resolution, cache_dir: Path, key: str) -> RenderAvatar | None:
+def _open_cache(
+    paths: AvatarPaths, geometry: Resolution, cache_dir: Path, key: str
+) -> RenderAvatar | None:
     """The cache at `cache_dir`, or None if it is absent, incomplete or inconsistent."""
     meta_path = cache_dir / "meta.json"
     if not meta_path.is_file():
@@ -276,33 +225,20 @@ def _open_cache(name: str, geometry: Resolution, cache_dir: Path, key: str) -> R
     try:
         meta = json.loads(meta_path.read_text())
         boxes = np.load(cache_dir / "boxes.npy")
-        frames = np.load(cache_dir / "frames.npy", mmap_mode="r")
-        crops = np.load(cache_dir / "crops.npy", mmap_mode="r")
-        inputs = np.load(cache_dir / "inputs.npy", mmap_mode="r")
     except (OSError, ValueError) as exc:
         log.warning("%s: cannot read the render cache (%s)", cache_dir, exc)
         return None
-    n, c, s = meta.get("frames"), geometry.crop_size, geometry.size
-    h, w = meta.get("height"), meta.get("width")
-    expected = {
-        "boxes": (boxes.shape, (n, 3)),
-        "frames": (frames.shape, (n, h, w, 3)),
-        "crops": (crops.shape, (n, c, c, 3)),
-        "inputs": (inputs.shape, (n, 3, s, s)),
-    }
-    wrong = [k for k, (got, want) in expected.items() if got != want]
-    if wrong or meta.get("key") != key:
-        log.warning("%s: render cache does not match its metadata (%s)", cache_dir, wrong or "key")
+    if boxes.shape != (meta.get("frames"), 3) or meta.get("key") != key:
+        log.warning("%s: render cache does not match its metadata", cache_dir)
         return None
     return RenderAvatar(
-        name=name,
+        name=paths.name,
         geometry=geometry,
         cache_dir=cache_dir,
         key=key,
+        video=paths.video,
         crop_boxes=boxes.astype(np.int32),
-        frames=frames,
-        crops=crops,
-        inputs=inputs,
+        frame_size=(int(meta["height"]), int(meta["width"])),
     )
 
 
@@ -315,67 +251,25 @@ def _build_cache(
     if n == 0:
         raise RenderError(f"{paths.landmarks}: no frames")
     info = probe_video(paths.video)
-    h, w = info.height, info.width
-    _check_boxes(boxes, w, h, paths.landmarks)
-    c, s, m = geometry.crop_size, geometry.size, geometry.margin
-
-    source_crops = None
-    if paths.crops.is_file():
-        candidate = np.load(paths.crops, mmap_mode="r")
-        if candidate.shape == (n, c, c, 3) and candidate.dtype == np.uint8:
-            source_crops = candidate
-        else:
-            log.info(
-                "%s has shape %s, not (%d, %d, %d, 3): cutting %dx%d crops from the frames",
-                *(paths.crops, candidate.shape, n, c, c, c, c),
-            )
-
-    needed = n * (h * w * 3 + c * c * 3 + 3 * s * s)
-    free = shutil.disk_usage(out).free
-    if needed > free:
+    frames = info.n_frames_at(FPS)
+    if frames != n:
         raise RenderError(
-            f"{out.parent}: the render cache of {paths.name} needs {needed / 1e9:.1f} GB "
-            f"({n} decoded {w}x{h} frames), only {free / 1e9:.1f} GB are free"
-        )
-    log.info("building the render cache of %s (%d frames of %dx%d): %s", paths.name, n, w, h, out)
-    frames = np.lib.format.open_memmap(out / "frames.npy", "w+", np.uint8, (n, h, w, 3))
-    crops = np.lib.format.open_memmap(out / "crops.npy", "w+", np.uint8, (n, c, c, 3))
-    inputs = np.lib.format.open_memmap(out / "inputs.npy", "w+", np.uint8, (n, 3, s, s))
-    count = 0
-    for i, frame in enumerate(progress(iter_frames(paths.video), "render cache", total=n)):
-        if i >= n:
-            raise RenderError(
-                f"{paths.video} has more frames than the {n} rows of {paths.landmarks}; "
-                "re-run the landmarks stage"
-            )
-        if frame.shape != (h, w, 3):
-            raise RenderError(f"{paths.video}: frame {i} is {frame.shape}, expected {(h, w, 3)}")
-        frames[i] = frame
-        crop = source_crops[i] if source_crops is not None else cut_crop(frame, boxes[i], c)
-        crops[i] = crop
-        inputs[i] = np.asarray(crop)[m : m + s, m : m + s].transpose(2, 0, 1)
-        count += 1
-    if count != n:
-        raise RenderError(
-            f"{paths.video} has {count} frames but {paths.landmarks} has {n} rows; "
+            f"{paths.video} has {frames} frames but {paths.landmarks} has {n} rows; "
             "re-run the landmarks stage"
         )
-    for array in (frames, crops, inputs):
-        array.flush()
-    del frames, crops, inputs
+    _check_boxes(boxes, info.width, info.height, paths.landmarks)
     np.save(out / "boxes.npy", boxes)
     meta = {
         "key": key,
         "avatar": paths.name,
         "frames": n,
-        "height": h,
-        "width": w,
-        "crop_size": c,
-        "size": s,
+        "height": info.height,
+        "width": info.width,
+        "crop_size": geometry.crop_size,
+        "size": geometry.size,
         "format": CACHE_FORMAT,
         "code_version": synctalk.__version__,
         **shas,
-        "from_crops_npy": source_crops is not None,
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
 

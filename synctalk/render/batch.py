@@ -236,8 +236,8 @@ class AvatarRenderer:
         return record
 
     def close(self) -> None:
-        if self._loaded is not None:
-            self._loaded.close()
+        """Let the loaded model (an onnxruntime session: tens to hundreds of MB) go."""
+        self._loaded = None
 
 
 def render_batch(

@@ -1,10 +1,12 @@
 """The render engine: an audio file in, a lip-synced H.264/AAC mp4 of the avatar out.
 
 Steps: decode the audio (16 kHz mono) -> audio features with the avatar's
-encoder -> per output frame, the background frame (ping-pong schedule), its
-cached crop and the frame's audio window -> the U-Net -> paste the predicted
-crop back (feathered) -> raw BGR frames to ffmpeg's stdin, which encodes them
-and muxes the original audio file's sound as AAC.
+encoder, both streamed and the features spooled to a temporary file, so
+memory does not grow with the audio's length -> per output frame, the
+background frame (ping-pong schedule), its cached crop and the frame's audio
+window -> the U-Net -> paste the predicted crop back (feathered) -> raw BGR
+frames to ffmpeg's stdin, which encodes them and muxes the original audio
+file's sound as AAC.
 
 Length. The output has round(audio_seconds x 25) frames, so the video lasts
 as long as the audio to within half a frame (20 ms). The original derives
@@ -16,14 +18,16 @@ same window as the frames just before them: the mouth holds its last shape
 for ~0.1 s of trailing audio, typically silence at the end of a file.
 
 Threads. Three workers joined by two bounded queues (together at most
-`params.queue_frames` frames queued, plus the batch each worker holds), so
-memory does not grow with the audio's length:
+`params.queue_frames` frames queued, fewer for large frames, plus the batch
+each worker holds), so memory does not grow with the audio's length:
 
-* prepare: reads the cached model-size crops and builds the U-Net's inputs
-  (the 6-channel image, the audio windows), in batches;
+* prepare: takes the next background frames from the footage's decoder (an
+  ffmpeg process, see synctalk.render.background), cuts their crops and
+  builds the U-Net's inputs (the 6-channel image, the audio windows), in
+  batches;
 * infer: runs the model (onnxruntime and torch release the GIL);
-* composite: pastes each prediction into a copy of its background frame and
-  writes it to ffmpeg's stdin; ffmpeg (a separate process) encodes meanwhile.
+* composite: pastes each prediction into its background frame and writes it
+  to ffmpeg's stdin; ffmpeg (a separate process) encodes meanwhile.
 
 The first exception in any worker stops the others and is re-raised as is
 by `render_video`; ffmpeg is killed and the partial file removed (the mp4 is
@@ -44,7 +48,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,9 +60,10 @@ from synctalk.atomic import atomic_path
 from synctalk.config import FPS, SAMPLE_RATE, RenderParams
 from synctalk.device import resolve_device
 from synctalk.features.frontend import AudioFrontEnd, load_front_end
-from synctalk.features.windows import feature_window, smooth_features
+from synctalk.features.spool import FeatureSpool
+from synctalk.features.windows import feature_window, smooth_stream
 from synctalk.hashing import file_sha256
-from synctalk.media.audio import load_audio
+from synctalk.media.audio import stream_audio
 from synctalk.media.ffmpeg import ffmpeg_exe, ffmpeg_input
 from synctalk.models.checkpoint import load_unet
 from synctalk.models.unet import UNet, UNetSpec, articulate, make_unet_input
@@ -99,8 +104,9 @@ class RenderResult:
     audio_duration: float  # seconds of audio
     runtime: str  # "onnxruntime", "onnxruntime:int8" or "torch:<device>"
     # Wall seconds: audio (decoding and audio features, before the frame loop), then what
-    # each worker spent working, not waiting on a queue: prepare, infer, composite
-    # (paste-back), write (handing frames to ffmpeg, which blocks while it is busy).
+    # each worker spent working, not waiting on a queue: decode (waiting on the footage's
+    # decoder), prepare, infer, composite (paste-back), write (handing frames to ffmpeg,
+    # which blocks while it is busy).
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -115,9 +121,6 @@ class LoadedModel:
     avatar: RenderAvatar
     runtime: UNet | OnnxUNet
     front_end: AudioFrontEnd
-
-    def close(self) -> None:
-        self.avatar.close()
 
 
 def load_for_rendering(
@@ -403,17 +406,57 @@ def _make_runner(model: Any, params: RenderParams, device: str | torch.device) -
 # audio
 
 
-def check_audio(wav: np.ndarray, path: Path) -> float:
+class AudioLevel:
+    """Duration and loudness of audio that streams past: pass its chunks through `watch`."""
+
+    def __init__(self) -> None:
+        self.samples = 0
+        self._square_sum = 0.0
+
+    def watch(self, chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        for chunk in chunks:
+            self.samples += len(chunk)
+            self._square_sum += float(np.square(chunk, dtype=np.float64).sum())
+            yield chunk
+
+    @property
+    def seconds(self) -> float:
+        return self.samples / SAMPLE_RATE
+
+    @property
+    def rms(self) -> float:
+        return float(np.sqrt(self._square_sum / self.samples)) if self.samples else 0.0
+
+
+def check_audio(level: AudioLevel, path: Path) -> float:
     """The audio's duration in seconds; RenderError if too short or silent."""
-    seconds = len(wav) / SAMPLE_RATE
+    seconds = level.seconds
     if seconds < MIN_AUDIO_S:
         raise RenderError(
             f"{path}: the audio is too short ({seconds:.3f} s; at least {MIN_AUDIO_S} s needed)"
         )
-    rms = float(np.sqrt(np.mean(np.square(wav, dtype=np.float64))))
-    if rms == 0 or 20 * np.log10(rms) < SILENCE_DBFS:
+    if level.rms == 0 or 20 * np.log10(level.rms) < SILENCE_DBFS:
         raise RenderError(f"{path}: the audio is silent")
     return seconds
+
+
+def spool_features(
+    audio_path: Path, front_end: AudioFrontEnd, smoothing: float
+) -> tuple[FeatureSpool, float]:
+    """The audio's features, smoothed, in a FeatureSpool, and its duration in seconds.
+
+    Audio and features stream through, so memory stays flat however long the
+    file. Raises AudioError for a file that cannot be decoded, RenderError
+    for one too short or silent.
+    """
+    level = AudioLevel()
+    blocks = smooth_stream(front_end.stream(level.watch(stream_audio(audio_path))), smoothing)
+    spool = FeatureSpool(blocks, dim=front_end.dim)
+    try:
+        return spool, check_audio(level, audio_path)
+    except BaseException:
+        spool.close()
+        raise
 
 
 # --------------------------------------------------------------------------
@@ -440,8 +483,6 @@ def render_video(
     """
     started = time.perf_counter()
     audio_path, out_path = Path(audio_path), Path(out_path)
-    wav = load_audio(audio_path)
-    audio_s = check_audio(wav, audio_path)
     runner = _make_runner(model, params, device)
     g = avatar.geometry
     if runner.size != g.size:
@@ -450,8 +491,7 @@ def render_video(
             f"cache is for preset {g.name} ({g.size}x{g.size})"
         )
 
-    features = smooth_features(front_end.features(wav), params.audio_smoothing)
-    del wav
+    features, audio_s = spool_features(audio_path, front_end, params.audio_smoothing)
     audio_seconds = time.perf_counter() - started
     n_frames = round(audio_s * FPS)
     schedule = background_schedule(len(avatar), n_frames, params.same_start_end)
@@ -468,6 +508,7 @@ def render_video(
         return feature_window(features, min(i, len(features) - 1), runner.audio_shape)
 
     with (
+        features,
         atomic_path(out_path) as tmp,
         Mp4Encoder(tmp, avatar.frame_size, audio_path, params, out_path) as sink,
     ):
@@ -587,11 +628,16 @@ def _widen_pipe(fd: int, size: int = 1 << 20) -> None:
 _DONE = object()
 
 
+_QUEUE_BYTES = 256 << 20  # decoded footage frames queued between the workers
+
+
 @dataclass
 class _Batch:
     start: int  # output index of the batch's first frame
     backgrounds: np.ndarray  # avatar frame of each output frame
-    data: Any  # the runner's inputs, then its outputs
+    frames: list[np.ndarray]  # those footage frames, decoded; pasted into in place
+    crops: list[np.ndarray]  # their crops at crop_size (the paste-back's margin ring)
+    data: Any = None  # the runner's inputs, then its outputs
 
 
 class _Stopped(Exception):
@@ -655,26 +701,38 @@ def _run_pipeline(
 ) -> dict[str, float]:
     """Run the three workers to the end; returns their busy seconds (see RenderResult)."""
     n, b = len(schedule), runner.batch_size
-    depth = max(1, queue_frames // (2 * b))  # two queues, batches of b frames
+    # Frames travel from prepare to composite with their batch: at most
+    # `queue_frames` of them, fewer when they are large (4K: 25 MB each).
+    h, w = avatar.frame_size
+    in_flight = min(queue_frames, max(2 * b, _QUEUE_BYTES // (h * w * 3)))
+    depth = max(1, in_flight // (2 * b))  # two queues, batches of b frames
     to_model: queue.Queue = queue.Queue(maxsize=depth)
     to_composite: queue.Queue = queue.Queue(maxsize=depth)
     p = _Pipeline()
-    s = runner.size
 
-    busy = {"prepare": 0.0, "infer": 0.0, "composite": 0.0, "write": 0.0}
+    busy = {"decode": 0.0, "prepare": 0.0, "infer": 0.0, "composite": 0.0, "write": 0.0}
     clock = time.perf_counter
 
     def prepare() -> None:
-        for start in range(0, n, b):
-            t = clock()
-            backgrounds = schedule[start : start + b]
-            crops = np.empty((len(backgrounds), 3, s, s), dtype=np.uint8)
-            for k, j in enumerate(backgrounds):
-                avatar.read_input(int(j), crops[k])
-            audio = np.stack([window(i) for i in range(start, start + len(backgrounds))])
-            batch = _Batch(start, backgrounds, runner.prepare(crops, audio))
-            busy["prepare"] += clock() - t
-            p.put(to_model, batch)
+        frames = avatar.backgrounds(schedule)
+        try:
+            for start in range(0, n, b):
+                t = clock()
+                backgrounds = schedule[start : start + b]
+                batch_frames = [next(frames) for _ in backgrounds]
+                t_cut = clock()
+                busy["decode"] += t_cut - t
+                crops = [
+                    avatar.crop(f, int(j)) for f, j in zip(batch_frames, backgrounds, strict=True)
+                ]
+                inputs = np.stack([avatar.model_input(crop) for crop in crops])
+                audio = np.stack([window(i) for i in range(start, start + len(backgrounds))])
+                batch = _Batch(start, backgrounds, batch_frames, crops)
+                batch.data = runner.prepare(inputs, audio)
+                busy["prepare"] += clock() - t_cut
+                p.put(to_model, batch)
+        finally:
+            frames.close()  # stops ffmpeg if the render stopped early
         p.put(to_model, _DONE)
 
     def infer() -> None:
@@ -686,19 +744,13 @@ def _run_pipeline(
         p.put(to_composite, _DONE)
 
     def composite() -> None:
-        h, w = avatar.frame_size
-        c = avatar.geometry.crop_size
-        frame = np.empty((h, w, 3), dtype=np.uint8)
-        crop = np.empty((c, c, 3), dtype=np.uint8)
         with progress(None, "render", total=n) as bar:
             while (batch := p.get(to_composite)) is not _DONE:
                 t = clock()
                 predictions = runner.finish(batch.data)
                 for k, j in enumerate(batch.backgrounds):
-                    j = int(j)
-                    avatar.read_frame(j, frame)
-                    avatar.read_crop(j, crop)
-                    compositor.paste(frame, crop, predictions[k], avatar.crop_boxes[j])
+                    frame = batch.frames[k]
+                    compositor.paste(frame, batch.crops[k], predictions[k], avatar.crop_boxes[j])
                     t_write = clock()
                     sink.write(frame)
                     busy["write"] += clock() - t_write

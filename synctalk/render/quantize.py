@@ -118,10 +118,7 @@ def avatar_calibration(
     if usable < 2:
         raise ValueError(f"calibration needs at least 2 frames with audio, the avatar has {usable}")
     picks = np.unique(np.linspace(0, usable - 1, min(frames, usable)).round().astype(int))
-    s = spec.geometry.size
-    crops = np.empty((len(picks), 3, s, s), dtype=np.uint8)
-    for k, j in enumerate(picks):
-        avatar.read_input(int(j), crops[k])
+    crops = avatar.model_inputs(picks)
     audio = np.stack([feature_window(features, int(j), spec.audio_shape) for j in picks])
     return CalibrationSet(unet_image(crops, spec.masked_box), audio.astype(np.float32))
 
