@@ -68,3 +68,13 @@ def test_runs_cover_the_schedule_in_order(schedule):
 def test_segments_hold_about_a_second_of_frames_and_less_at_4k():
     assert segment_frames((1080, 1920)) == 25
     assert segment_frames((2160, 3840)) == 6
+
+
+def test_frames_can_be_decoded_into_a_buffer(footage):
+    video, decoded = footage
+    into = np.zeros((10, *decoded[0].shape), np.uint8)
+    frames = list(iter_frames(video, start=30, count=10, into=into))
+    assert len(frames) == 10 and all(np.shares_memory(f, into) for f in frames)
+    np.testing.assert_array_equal(into, np.stack(decoded[30:40]))
+    with pytest.raises(ValueError, match="holds 10 frames"):
+        next(iter_frames(video, start=30, into=into))

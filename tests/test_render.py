@@ -310,6 +310,12 @@ def test_render_is_h264_aac_at_25_fps_as_long_as_the_audio(rendered):
     assert not list(out.parent.glob(".*.tmp"))
 
 
+def test_encoder_refuses_an_odd_frame_size(tmp_path):
+    """4:2:0 video halves the chroma planes: an odd size cannot be encoded as given."""
+    with pytest.raises(ValueError, match="even frame size, got 512x301"):
+        engine.Mp4Encoder(tmp_path / "o.mp4", (301, 512), tmp_path / "a.wav", RenderParams())
+
+
 def test_render_keeps_the_background_outside_the_crop_boxes(rendered, avatar):
     out, result, params = rendered
     schedule = background_schedule(len(avatar), result.frames, params.same_start_end)

@@ -63,6 +63,21 @@ def run_ffmpeg(args: list[str], source: str | Path, loglevel: str = "error") -> 
     return proc.stdout, stderr
 
 
+def widen_pipe(fd: int, size: int = 1 << 20) -> None:
+    """Let a pipe hold 1 MiB (Linux) rather than 64 KiB.
+
+    With the default, ffmpeg blocks a dozen times per 512x512 frame waiting
+    for this process to read; the larger pipe made a fast-decoding source
+    about 10 % faster here. Where it is not allowed, the default stays.
+    """
+    try:
+        import fcntl  # Linux and macOS only
+
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
+    except (ImportError, AttributeError, OSError):
+        pass
+
+
 class FfmpegStream:
     """ffmpeg's stdout, read in blocks of up to `block` bytes as ffmpeg produces them.
 

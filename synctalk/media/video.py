@@ -34,7 +34,7 @@ from scipy.io import wavfile
 from synctalk.atomic import atomic_path
 from synctalk.config import FPS, SAMPLE_RATE
 from synctalk.media.audio import load_audio
-from synctalk.media.ffmpeg import MediaError, check_file, ffmpeg_exe, ffmpeg_input
+from synctalk.media.ffmpeg import MediaError, check_file, ffmpeg_exe, ffmpeg_input, widen_pipe
 
 log = logging.getLogger(__name__)
 
@@ -312,8 +312,9 @@ def transcode_to_cfr(
     and none is left behind, odd sizes lose their last row or column (libx264
     4:2:0 needs even sizes) and anamorphic pixels are stretched square. A
     keyframe every second lets a reader start anywhere after decoding at most a
-    second (renders play the footage backwards a second at a time). CRF 12
-    is visually lossless; the file is an intermediate, not a deliverable. No
+    second (renders play the footage backwards a second at a time), and it is
+    encoded for fast decoding, since every render decodes it. CRF 12 is
+    visually lossless; the file is an intermediate, not a deliverable. No
     audio: the pipeline takes sound from the source (see `write_wav16k`).
 
     `duration` limits the output to its first seconds. `progress`, if given,
@@ -359,7 +360,9 @@ def transcode_to_cfr(
         cmd += ["-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p"]
         # A keyframe every second exactly (none at scene cuts, which would shift
         # the next ones): renders play the footage backwards a second at a time.
-        cmd += ["-g", str(fps), "-sc_threshold", "0"]
+        # fastdecode (no CABAC, no deblocking) makes every render's decode of
+        # the footage cheaper; at this CRF it costs a few % of size, no quality.
+        cmd += ["-g", str(fps), "-sc_threshold", "0", "-tune", "fastdecode"]
         if duration is not None:
             cmd += ["-t", f"{duration:.3f}"]
         cmd += ["-progress", "pipe:1", "-f", container, ffmpeg_input(tmp)]
@@ -444,6 +447,7 @@ def iter_frames(
     count: int | None = None,
     threads: int = 0,
     info: VideoInfo | None = None,
+    into: np.ndarray | None = None,
 ) -> Iterator[np.ndarray]:
     """Yield `path`'s frames in order as BGR uint8 arrays [H, W, 3], as cv2 would.
 
@@ -457,6 +461,8 @@ def iter_frames(
     seeks to the keyframe before `start` and decodes from there. `threads`
     caps the decoder's threads (0: ffmpeg's choice, as many as cores). `info`,
     the file's VideoInfo if the caller has it, saves probing the file again.
+    `into`, a uint8 [count, H, W, 3] array, receives the frames, which are
+    yielded as views of it (otherwise each frame is a new array).
 
     Frames stream through a pipe one at a time, so memory stays at one frame
     whatever the length. Stopping early (break, or dropping the generator)
@@ -466,6 +472,8 @@ def iter_frames(
     path = Path(path)
     info = info or probe_video(path)
     out_w, out_h = _output_size(info, width, height)
+    if into is not None and (count is None or into.shape[0] < count):
+        raise ValueError(f"`into` holds {into.shape[0]} frames; `count` must be at most that")
     filters = ["format=bgr24"]
     if (out_w, out_h) != (info.width, info.height):
         filters.insert(0, f"scale={out_w}:{out_h}:flags=bicubic")
@@ -497,10 +505,11 @@ def iter_frames(
     with tempfile.TemporaryFile() as err:  # a file, not a pipe: see _run_with_progress
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
         assert proc.stdout is not None
-        _widen_pipe(proc.stdout.fileno())
+        widen_pipe(proc.stdout.fileno())
+        n = 0
         try:
-            while True:
-                frame = np.empty((out_h, out_w, 3), dtype=np.uint8)
+            while n != count:  # ffmpeg stops after `count` frames itself (-frames:v)
+                frame = np.empty((out_h, out_w, 3), np.uint8) if into is None else into[n]
                 got = _read_into(proc.stdout, memoryview(frame).cast("B"))
                 if got == 0:
                     break
@@ -510,6 +519,7 @@ def iter_frames(
                     detail = _last_line(err.read().decode(errors="replace"), proc.returncode)
                     raise MediaError(f"{path}: decoding stopped inside a frame ({detail})")
                 yield frame
+                n += 1
             returncode = proc.wait()
             err.seek(0)
             stderr = err.read().decode(errors="replace")
@@ -530,21 +540,6 @@ def _output_size(info: VideoInfo, width: int | None, height: int | None) -> tupl
     elif height is None:
         height = max(1, round(width * info.height / info.width))
     return width, height
-
-
-def _widen_pipe(fd: int, size: int = 1 << 20) -> None:
-    """Let a pipe hold 1 MiB (Linux) rather than 64 KiB.
-
-    With the default, ffmpeg blocks a dozen times per 512x512 frame waiting
-    for this process to read; the larger pipe made a fast-decoding source
-    about 10 % faster here. Where it is not allowed, the default stays.
-    """
-    try:
-        import fcntl
-
-        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
-    except (ImportError, AttributeError, OSError):
-        pass
 
 
 def _read_into(stream, buf: memoryview) -> int:

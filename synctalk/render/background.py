@@ -65,19 +65,31 @@ def _runs(schedule: np.ndarray) -> Iterator[tuple[int, int]]:
 
 def _backward(info: VideoInfo, first: int, last: int, segment: int) -> Iterator[np.ndarray]:
     """Frames first, first-1, ..., last (first > last), one aligned segment at a time."""
+    # One buffer for every segment, and a copy of each frame as it is handed
+    # out: a segment's worth of new frames held at once would come from fresh
+    # pages each time (the allocator gives such a heap back), and faulting
+    # them in costs more CPU than the copies.
+    held = np.empty((segment, info.height, info.width, 3), np.uint8)
     top = first
     while top >= last:
         low = max(last, top - top % segment)
-        yield from reversed(list(_decode(info, low, top - low + 1)))
+        count = top - low + 1
+        for _ in _decode(info, low, count, into=held):
+            pass
+        for k in range(count - 1, -1, -1):
+            yield held[k].copy()
         top = low - 1
 
 
-def _decode(info: VideoInfo, start: int, count: int) -> Iterator[np.ndarray]:
+def _decode(
+    info: VideoInfo, start: int, count: int, into: np.ndarray | None = None
+) -> Iterator[np.ndarray]:
     got = 0
     # One decoder thread: a render's cores are busy with the U-Net, and one
     # thread decodes faster than it renders at a fraction of the CPU that
     # frame-threading spends keeping its threads in step.
-    for frame in iter_frames(info.path, start=start, count=count, threads=1, info=info):
+    frames = iter_frames(info.path, start=start, count=count, threads=1, info=info, into=into)
+    for frame in frames:
         got += 1
         yield frame
     if got < count:
