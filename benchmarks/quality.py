@@ -272,8 +272,12 @@ def main() -> None:
 
     renders = out / "renders"
     renders.mkdir(exist_ok=True)
-    report: dict = {"preset": args.preset, "settings": args.settings, "avatar": args.avatar,
-                    "stage_seconds": seconds}  # fmt: skip
+    report: dict = {
+        "preset": args.preset,
+        "settings": args.settings,
+        "avatar": args.avatar,
+        "stage_seconds": seconds,
+    }
     if seconds:
         report["train_minutes"] = sum(seconds[s] for s in TRAINING) / 60
     sheet: list = []

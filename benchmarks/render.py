@@ -334,9 +334,11 @@ def main() -> None:
     parser.add_argument("--mobile", action="store_true", help="half-width U-Nets")
     parser.add_argument("--runtime", default="auto", choices=["auto", "onnx", "torch"])
     parser.add_argument(
-        "--precision", default="both", choices=["both", "fp32", "int8"],
+        "--precision",
+        default="both",
+        choices=["both", "fp32", "int8"],
         help="render.precision to render with; both: fp32 and int8 alternately",
-    )  # fmt: skip
+    )
     parser.add_argument("--unet", type=Path, help="a trained U-Net checkpoint (one preset)")
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: auto)")
     parser.add_argument(

@@ -126,8 +126,10 @@ def main() -> None:
         f"{report['mouth/audio correlation (trained)']:.2f} with the trained model, "
         f"{report['mouth/audio correlation (untrained model)']:.2f} with an untrained one"
     )
-    print("MLflow UI:  .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db"
-          "  ->  http://127.0.0.1:5000")  # fmt: skip
+    print(
+        "MLflow UI:  .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db"
+        "  ->  http://127.0.0.1:5000"
+    )
     version = report["evaluation"].get("model_version", "N")
     print(f"Review: videos in the review/ folder of avatar-{AVATAR} version {version}'s run")
     print(f"Promote after review: .venv/bin/synctalk models promote {AVATAR} {version}")

@@ -48,21 +48,35 @@ def evaluate(name: str, config: Config, paths: AvatarPaths) -> None:
         version = version_of_checkpoint(name, paths.unet)
         mlflow.set_tag("model_version", version)
         result = evaluate_avatar(
-            paths, preset, load_unet(paths.unet, device=device),
+            paths,
+            preset,
+            load_unet(paths.unet, device=device),
             load_syncnet(paths.syncnet, audio_mode=preset.audio_mode, device=device),
-            config.landmarks, config.render, device,
-        )  # fmt: skip
+            config.landmarks,
+            config.render,
+            device,
+        )
         metrics = {k: round(float(v), 6) for k, v in result.metrics.items()}
         write_json(paths.metrics, {**metrics, "model_version": int(version)})
-        write_json(paths.plots / "sync_offsets.json", [
-            {"offset": int(o), "rendered": float(d), "real": float(r)}
-            for o, d, r in zip(result.sync.offsets, result.sync.distances,
-                               result.sync_real.distances, strict=True)
-        ])  # fmt: skip
-        write_json(paths.plots / "frame_psnr.json", [
-            {"frame": int(f), "psnr": float(p)} for f, p in zip(result.frames, result.frame_psnr,
-                                                                  strict=True)
-        ])  # fmt: skip
+        write_json(
+            paths.plots / "sync_offsets.json",
+            [
+                {"offset": int(o), "rendered": float(d), "real": float(r)}
+                for o, d, r in zip(
+                    result.sync.offsets,
+                    result.sync.distances,
+                    result.sync_real.distances,
+                    strict=True,
+                )
+            ],
+        )
+        write_json(
+            paths.plots / "frame_psnr.json",
+            [
+                {"frame": int(f), "psnr": float(p)}
+                for f, p in zip(result.frames, result.frame_psnr, strict=True)
+            ],
+        )
         title = f"{name} version {version}, held-out frames"
         offsets_png, psnr_png = paths.plots / "sync_offsets.png", paths.plots / "frame_psnr.png"
         log_offset_curve_plot(result.sync, offsets_png, title, result.sync_real, "real footage")
@@ -83,8 +97,13 @@ def evaluate(name: str, config: Config, paths: AvatarPaths) -> None:
     if experiment is None:
         log.info("%s: version %s is @%s: %s", name, version, CANDIDATE, metrics)
     else:  # aliases move only on the workspace pipeline (`dvc repro`)
-        log.info("%s: version %s of experiment %s, evaluated (no alias moved): %s",
-                 name, version, experiment, metrics)  # fmt: skip
+        log.info(
+            "%s: version %s of experiment %s, evaluated (no alias moved): %s",
+            name,
+            version,
+            experiment,
+            metrics,
+        )
 
 
 if __name__ == "__main__":

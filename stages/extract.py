@@ -32,9 +32,14 @@ def extract(name: str, config: Config, paths: AvatarPaths) -> None:
         )
     log.info(
         "%s: %d frames at 25 fps, %.2f s of audio (source %dx%d, %.2f fps) in %.1f s",
-        name, result.frames, result.audio_seconds, result.source.width, result.source.height,
-        result.source.fps, result.seconds,
-    )  # fmt: skip
+        name,
+        result.frames,
+        result.audio_seconds,
+        result.source.width,
+        result.source.height,
+        result.source.fps,
+        result.seconds,
+    )
 
 
 if __name__ == "__main__":

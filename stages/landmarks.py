@@ -47,9 +47,13 @@ def landmarks(name: str, config: Config, paths: AvatarPaths) -> None:
         mlflow.log_metrics(metrics)
     log.info(
         "%s: face on %.1f%% of %d frames (%s), crop jitter max %.2f%% of side, %.0f frames/s",
-        name, 100 * metrics["detection_rate"], len(track), track.backend,
-        100 * metrics["crop_jitter_max"], metrics["frames_per_s"],
-    )  # fmt: skip
+        name,
+        100 * metrics["detection_rate"],
+        len(track),
+        track.backend,
+        100 * metrics["crop_jitter_max"],
+        metrics["frames_per_s"],
+    )
 
 
 if __name__ == "__main__":

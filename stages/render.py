@@ -41,8 +41,12 @@ def render(name: str, config: Config, paths: AvatarPaths) -> None:
     counts = {s: [r for r in records if r.status == s] for s in ("done", "skipped", "failed")}
     log.info(
         "%s: %d rendered, %d up to date, %d failed -> %s",
-        name, len(counts["done"]), len(counts["skipped"]), len(counts["failed"]), paths.renders,
-    )  # fmt: skip
+        name,
+        len(counts["done"]),
+        len(counts["skipped"]),
+        len(counts["failed"]),
+        paths.renders,
+    )
     if counts["failed"]:
         failed = ", ".join(f"{r.audio_path} ({r.error})" for r in counts["failed"])
         raise RuntimeError(f"{len(counts['failed'])} of {len(records)} files failed: {failed}")

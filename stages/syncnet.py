@@ -23,23 +23,34 @@ log = logging.getLogger("stages.syncnet")
 def syncnet(name: str, config: Config, paths: AvatarPaths) -> None:
     result = train_syncnet(name, config, paths)
     sync = result.sync
-    write_json(paths.syncnet_metrics, {
-        **{k: round(float(v), 6) for k, v in result.metrics.items()},
-        **{f"val_{k}": round(float(v), 6) for k, v in sync.as_metrics().items()},
-    })  # fmt: skip
-    write_json(paths.plots / "syncnet_offsets.json", [
-        {"offset": int(o), "distance": float(d)} for o, d in zip(sync.offsets, sync.distances,
-                                                                 strict=True)
-    ])  # fmt: skip
+    write_json(
+        paths.syncnet_metrics,
+        {
+            **{k: round(float(v), 6) for k, v in result.metrics.items()},
+            **{f"val_{k}": round(float(v), 6) for k, v in sync.as_metrics().items()},
+        },
+    )
+    write_json(
+        paths.plots / "syncnet_offsets.json",
+        [
+            {"offset": int(o), "distance": float(d)}
+            for o, d in zip(sync.offsets, sync.distances, strict=True)
+        ],
+    )
     title = f"SyncNet {name}: held-out frames"
     log_offset_curve_plot(sync, paths.plots / "syncnet_offsets.png", title)
     log.info(
         "%s: SyncNet held-out pair accuracy %.3f, accuracy %.3f (loss %.3f -> %.3f), "
         "best offset %+d, best epoch %d -> %s",
-        name, result.metrics["val_pair_accuracy"], result.metrics["val_accuracy"],
-        result.history.val[0]["val_loss"], result.metrics["val_loss"], sync.best_offset,
-        result.history.best_epoch, paths.syncnet,
-    )  # fmt: skip
+        name,
+        result.metrics["val_pair_accuracy"],
+        result.metrics["val_accuracy"],
+        result.history.val[0]["val_loss"],
+        result.metrics["val_loss"],
+        sync.best_offset,
+        result.history.best_epoch,
+        paths.syncnet,
+    )
 
 
 if __name__ == "__main__":

@@ -16,8 +16,12 @@ def unet(name: str, config: Config, paths: AvatarPaths) -> None:
     result = train_unet(name, config, paths)
     log.info(
         "%s: U-Net validation L1 %.4f -> %.4f, registered as avatar-%s version %s",
-        name, result.history.val[0]["val_l1"], result.metrics["val_l1"], name, result.version,
-    )  # fmt: skip
+        name,
+        result.history.val[0]["val_l1"],
+        result.metrics["val_l1"],
+        name,
+        result.version,
+    )
 
 
 if __name__ == "__main__":

@@ -65,8 +65,7 @@ def _dvc_add(root: Path) -> Callable[[Path], None] | None:
         import subprocess
 
         relative = path.resolve().relative_to(root.resolve())
-        proc = subprocess.run([dvc, "add", str(relative)], cwd=root, capture_output=True,
-                              text=True)  # fmt: skip
+        proc = subprocess.run([dvc, "add", str(relative)], cwd=root, capture_output=True, text=True)
         if proc.returncode != 0:
             lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
             why = next((ln for ln in lines if "ERROR" in ln), lines[-1] if lines else "")
@@ -81,8 +80,9 @@ def _cmd_avatar_add(args: argparse.Namespace) -> int:
 
     params = Path(args.params)
     root = params.parent
-    target = add_avatar(args.name, Path(args.video), args.preset, params, root, args.force,
-                        track=_dvc_add(root))  # fmt: skip
+    target = add_avatar(
+        args.name, Path(args.video), args.preset, params, root, args.force, track=_dvc_add(root)
+    )
     print(f"added avatar {args.name!r}: {target} (preset {args.preset})")
     if (root / ".dvc").is_dir():
         dvc_file = target.with_name(f"{target.name}.dvc").relative_to(root)
@@ -325,8 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add.add_argument("name", help="avatar name: lower-case letters, digits, '-' and '_'")
     add.add_argument("video", help="the source video (any format ffmpeg reads)")
-    add.add_argument("--preset", default="default", help="model preset from params.yaml "
-                     "(default: %(default)s; 'tiny' trains on a CPU in minutes)")  # fmt: skip
+    add.add_argument(
+        "--preset",
+        default="default",
+        help="model preset from params.yaml "
+        "(default: %(default)s; 'tiny' trains on a CPU in minutes)",
+    )
     add.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
     add.add_argument("--force", action="store_true", help="replace an existing avatar")
     add.set_defaults(func=_cmd_avatar_add)
@@ -348,8 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--model-alias", help="alias (e.g. candidate) or version number")
     render.add_argument("--glob", default="*", help="file pattern inside a folder (default: *)")
     render.add_argument("--force", action="store_true", help="render again even what is up to date")
-    render.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"],
-                        help="override params.yaml's device")  # fmt: skip
+    render.add_argument(
+        "--device", choices=["auto", "cpu", "cuda", "mps"], help="override params.yaml's device"
+    )
     render.add_argument(
         "--params", default="params.yaml", help="params file (default: %(default)s)"
     )
@@ -379,9 +384,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("checkpoint", help="U-Net .pth (ours, or an original SyncTalk_2D one)")
     export.add_argument("out", help="the .onnx file to write")
-    export.add_argument("--audio-mode", choices=["ave", "hubert", "wenet"],
-                        help="for an original checkpoint without sidecar (ave and hubert "
-                        "look alike)")  # fmt: skip
+    export.add_argument(
+        "--audio-mode",
+        choices=["ave", "hubert", "wenet"],
+        help="for an original checkpoint without sidecar (ave and hubert look alike)",
+    )
     export.set_defaults(func=_cmd_export_onnx)
 
     serve = sub.add_parser(
@@ -470,10 +477,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--models-only", action="store_true", help="only the quick model check")
     demo.add_argument("--out", help="--models-only: folder for its files (default: a temp one)")
-    demo.add_argument("--preset", default="160", choices=["160", "328"],
-                      help="--models-only: resolution preset")  # fmt: skip
-    demo.add_argument("--seconds", type=float, default=4.0,
-                      help="--models-only: length of the synthetic audio")  # fmt: skip
+    demo.add_argument(
+        "--preset", default="160", choices=["160", "328"], help="--models-only: resolution preset"
+    )
+    demo.add_argument(
+        "--seconds", type=float, default=4.0, help="--models-only: length of the synthetic audio"
+    )
     demo.set_defaults(func=_cmd_demo)
     return parser
 

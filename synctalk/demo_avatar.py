@@ -174,9 +174,15 @@ def _load_engine() -> _Engine:
     lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
     lib.espeak_SetVoiceByName.restype = ctypes.c_int
     lib.espeak_Synth.argtypes = [
-        ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
-        ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
-    ]  # fmt: skip
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_uint,
+        ctypes.c_int,
+        ctypes.c_uint,
+        ctypes.c_uint,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+    ]
     lib.espeak_Synth.restype = ctypes.c_int
     lib.espeak_Synchronize.restype = ctypes.c_int
     rate = lib.espeak_Initialize(
@@ -481,8 +487,11 @@ def make_demo_avatar(
     motion = head_motion(n_frames, seed, centre)
     log.info(
         "demo avatar: %d frames, mouth %.0f px wide, up to %.0f px open (%.1f s to prepare)",
-        n_frames, rig.mouth_width, rig.max_open_px, time.perf_counter() - started,
-    )  # fmt: skip
+        n_frames,
+        rig.mouth_width,
+        rig.max_open_px,
+        time.perf_counter() - started,
+    )
 
     with tempfile.TemporaryDirectory(prefix="demo-avatar-") as tmp_dir, atomic_path(out_mp4) as tmp:
         wav = Path(tmp_dir) / "speech.wav"
@@ -515,15 +524,46 @@ def make_demo_avatar(
 def _encode(frames, wav: Path, out: Path, log_path: Path) -> None:
     """Pipe BGR frames into ffmpeg with `wav` as the sound: H.264 (yuv420p) + AAC, mp4."""
     cmd = [
-        ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-y",
-        "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{FRAME_SIZE}x{FRAME_SIZE}",
-        "-r", str(FPS), "-i", "pipe:0",
-        "-i", ffmpeg_input(wav),
-        "-map", "0:v:0", "-map", "1:a:0",
-        "-c:v", "libx264", "-preset", "veryfast", "-crf", "16", "-pix_fmt", "yuv420p",
-        "-c:a", "aac", "-b:a", "96k",
-        "-movflags", "+faststart", "-f", "mp4", ffmpeg_input(out),
-    ]  # fmt: skip
+        ffmpeg_exe(),
+        "-hide_banner",
+        "-nostdin",
+        "-v",
+        "error",
+        "-y",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "bgr24",
+        "-s",
+        f"{FRAME_SIZE}x{FRAME_SIZE}",
+        "-r",
+        str(FPS),
+        "-i",
+        "pipe:0",
+        "-i",
+        ffmpeg_input(wav),
+        "-map",
+        "0:v:0",
+        "-map",
+        "1:a:0",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-crf",
+        "16",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        "-b:a",
+        "96k",
+        "-movflags",
+        "+faststart",
+        "-f",
+        "mp4",
+        ffmpeg_input(out),
+    ]
     with open(log_path, "w+b") as err:  # a file, not a pipe: ffmpeg must never block on it
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=err)
         assert proc.stdin is not None

@@ -175,8 +175,11 @@ def register_avatar_model(
     if paths.audio.is_file():  # lets render.precision int8 calibrate on the avatar's own voice
         _link_or_copy(paths.audio, footage.audio)
     code = workdir / "code"
-    shutil.copytree(Path(synctalk.__file__).parent, code / "synctalk",
-                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    shutil.copytree(
+        Path(synctalk.__file__).parent,
+        code / "synctalk",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
     with _environ(pyfunc.CACHE_ENV, str(cache_root.resolve())):
         info = mlflow.pyfunc.log_model(
             name="model",
@@ -199,8 +202,12 @@ def register_avatar_model(
     version = str(info.registered_model_version)
     # unet_sha256 lets `evaluate` find the version of the checkpoint it is given; the
     # rest is the version's lineage (`synctalk models show`)
-    tags = {"unet_sha256": file_sha256(paths.unet), "git_commit": git_commit(paths.root),
-            "git_dirty": git_dirty(paths.root), **RUN_TAGS}  # fmt: skip
+    tags = {
+        "unet_sha256": file_sha256(paths.unet),
+        "git_commit": git_commit(paths.root),
+        "git_dirty": git_dirty(paths.root),
+        **RUN_TAGS,
+    }
     with _registry("tag the new version"):
         client = _client()
         for key, value in tags.items():
@@ -297,8 +304,12 @@ def resolve_version(avatar: str, alias_or_version: str | None = None) -> Any:
                 "or train the avatar with `dvc repro`"
             )
         newest = trained[-1]
-        log.warning("%s has no @%s: using the newest version, %s, which nobody promoted",
-                    name, CHAMPION, newest.version)  # fmt: skip
+        log.warning(
+            "%s has no @%s: using the newest version, %s, which nobody promoted",
+            name,
+            CHAMPION,
+            newest.version,
+        )
         return newest
     if wanted.isdigit():
         if wanted not in versions:
@@ -419,8 +430,10 @@ def check_promotion(metrics: dict[str, float], review: ReviewParams) -> str | No
     """Why a version with these evaluation metrics may not be promoted; None if it may."""
     if not metrics:
         return "it has no evaluation (dvc repro evaluate@<avatar> evaluates the newest training)"
-    for bound, limits, worse in (("minimum", review.minimum, float.__lt__),
-                                 ("maximum", review.maximum, float.__gt__)):  # fmt: skip
+    for bound, limits, worse in (
+        ("minimum", review.minimum, float.__lt__),
+        ("maximum", review.maximum, float.__gt__),
+    ):
         for metric, limit in limits.items():
             value = metrics.get(metric)
             if value is None or not math.isfinite(value):

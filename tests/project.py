@@ -14,9 +14,16 @@ from tests.conftest import REPO
 
 # What a project checkout needs for `dvc repro` (the rest is tests and docs).
 PROJECT_FILES = [
-    "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "stages", "synctalk", "flows", "models",
+    "dvc.yaml",
+    "params.yaml",
+    ".dvcignore",
+    ".gitignore",
+    "stages",
+    "synctalk",
+    "flows",
+    "models",
     ".dvc",
-]  # fmt: skip
+]
 
 
 def make_project(tmp: Path) -> Path:
@@ -113,15 +120,29 @@ class PrefectServer:
     def __init__(self, home: Path):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/api"
-        self.env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_API_URL=self.url,
-                        PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="true",
-                        PREFECT_LOGGING_LEVEL="WARNING")  # fmt: skip
+        self.env = dict(
+            os.environ,
+            PREFECT_HOME=str(home),
+            PREFECT_API_URL=self.url,
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+            DO_NOT_TRACK="true",
+            PREFECT_LOGGING_LEVEL="WARNING",
+        )
         self.env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
         self.proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host",
-             "127.0.0.1", "--port", str(self.port)],
-            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                str(Path(sys.executable).parent / "prefect"),
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def wait_ready(self, timeout: float = 120) -> None:
         if not wait_for_url(f"{self.url}/health", timeout):
@@ -136,8 +157,9 @@ class PrefectServer:
 
         finished = {"state": {"type": {"any_": ["COMPLETED", "FAILED"]}}}
         body = json.dumps({"flow_runs": finished, "sort": "START_TIME_DESC", "limit": 1}).encode()
-        request = urllib.request.Request(f"{self.url}/flow_runs/filter", data=body,
-                                         headers={"Content-Type": "application/json"})  # fmt: skip
+        request = urllib.request.Request(
+            f"{self.url}/flow_runs/filter", data=body, headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=10) as response:
             (flow_run,) = json.loads(response.read())
         return float(flow_run["total_run_time"])

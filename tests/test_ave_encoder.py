@@ -83,9 +83,14 @@ def test_official_weights_are_used_when_present(tmp_path, shared):
     official = shared("reference", "ave_random_seed0.pth")
     out = tmp_path / "ave_encoder.pth"
     source = prepare_audio_encoder(
-        official, tmp_path / "no-crops.npy", tmp_path / "no-audio.wav", resolution("160"),
-        AveEncoderParams(), out, torch.device("cpu"),
-    )  # fmt: skip
+        official,
+        tmp_path / "no-crops.npy",
+        tmp_path / "no-audio.wav",
+        resolution("160"),
+        AveEncoderParams(),
+        out,
+        torch.device("cpu"),
+    )
     assert source.kind == "official" and source.report is None
     a, b = load_encoder(out).state_dict(), load_encoder(official).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -48,9 +48,15 @@ def test_a_missing_data_dep_an_extra_dep_and_a_speed_param_are_caught(dvc_yaml):
 def test_code_deps_are_the_modules_each_stage_imports():
     unet = code_deps("unet")
     # what the issue found missing: the U-Net's building blocks, windows, checkpoints
-    for module in ("synctalk/models/blocks.py", "synctalk/features/windows.py",
-                   "synctalk/models/checkpoint.py", "synctalk/models/unet.py",
-                   "stages/unet.py", "stages/_common.py", "synctalk/__init__.py"):  # fmt: skip
+    for module in (
+        "synctalk/models/blocks.py",
+        "synctalk/features/windows.py",
+        "synctalk/models/checkpoint.py",
+        "synctalk/models/unet.py",
+        "stages/unet.py",
+        "stages/_common.py",
+        "synctalk/__init__.py",
+    ):
         assert module in unet
     # preparation runs no model: editing one leaves it up to date
     for stage in ("extract", "landmarks"):
@@ -77,9 +83,15 @@ def test_imports_inside_functions_and_relative_imports_count(tmp_path):
     (tmp_path / "synctalk" / "d.py").write_text("x = 1\n")
     (tmp_path / "synctalk" / "unused.py").write_text("")
     assert code_deps("s", tmp_path) == [
-        "stages/__init__.py", "stages/s.py", "synctalk/__init__.py", "synctalk/a.py",
-        "synctalk/d.py", "synctalk/sub/__init__.py", "synctalk/sub/b.py", "synctalk/sub/c.py",
-    ]  # fmt: skip
+        "stages/__init__.py",
+        "stages/s.py",
+        "synctalk/__init__.py",
+        "synctalk/a.py",
+        "synctalk/d.py",
+        "synctalk/sub/__init__.py",
+        "synctalk/sub/b.py",
+        "synctalk/sub/c.py",
+    ]
 
 
 def test_speed_settings_are_not_params():

@@ -39,9 +39,25 @@ def _bad_input(kind: str, folder) -> object:
     elif kind == "two-seconds":
         _ffmpeg("-i", str(clip), "-t", "2", "-c:v", "libx264", "-c:a", "aac", str(path))
     elif kind == "no-face":
-        _ffmpeg("-f", "lavfi", "-i", "testsrc=size=256x256:rate=25", "-f", "lavfi",
-                "-i", "sine=frequency=300:sample_rate=16000", "-t", "4",
-                "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", str(path))  # fmt: skip
+        _ffmpeg(
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=256x256:rate=25",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=300:sample_rate=16000",
+            "-t",
+            "4",
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            str(path),
+        )
     return path
 
 
@@ -71,8 +87,9 @@ def test_a_video_without_a_face_fails_landmarks_and_leaves_nothing(tmp_path):
     extract_avatar(source, paths, ExtractParams())
     frames, _ = read_manifest(paths.frames, FRAMES_SCHEMA)
     with pytest.raises(FaceGapError, match="no face"):
-        prepare_landmarks(paths.video, frames.num_rows, paths.landmarks, paths.crops, 168,
-                          LandmarkParams())  # fmt: skip
+        prepare_landmarks(
+            paths.video, frames.num_rows, paths.landmarks, paths.crops, 168, LandmarkParams()
+        )
     assert not paths.landmarks.exists() and not paths.crops.exists()
     assert sorted(p.name for p in paths.work.iterdir()) == [
         "audio.wav",
@@ -87,8 +104,14 @@ def test_odd_frame_rates_and_1080p_prepare(tmp_path, clip):
     result = extract_avatar(shared_path("data", "videos", clip), paths, ExtractParams())
     assert abs(result.frames - result.source.duration * 25) <= 1.5
     geometry = resolution("160")
-    track = prepare_landmarks(paths.video, result.frames, paths.landmarks, paths.crops,
-                              geometry.crop_size, LandmarkParams())  # fmt: skip
+    track = prepare_landmarks(
+        paths.video,
+        result.frames,
+        paths.landmarks,
+        paths.crops,
+        geometry.crop_size,
+        LandmarkParams(),
+    )
     assert track.detection_rate >= 0.98
     crops = np.load(paths.crops, mmap_mode="r")
     assert crops.shape == (result.frames, 168, 168, 3)

@@ -43,10 +43,11 @@ def test_crossed_cheeks_are_an_error():
 
 
 @given(
-    boxes=arrays(np.float64, st.tuples(st.integers(2, 60), st.just(3)),
-                 elements=st.floats(10, 400)),
+    boxes=arrays(
+        np.float64, st.tuples(st.integers(2, 60), st.just(3)), elements=st.floats(10, 400)
+    ),
     sigma=st.floats(0.5, 5),
-)  # fmt: skip
+)
 def test_smoothing_keeps_boxes_within_the_raw_range_and_never_adds_jitter(boxes, sigma):
     smooth = smooth_crop_boxes(boxes, sigma)
     assert smooth.shape == boxes.shape
@@ -73,9 +74,11 @@ def test_a_constant_track_is_unchanged_and_rounds_to_pixels():
 
 
 @given(
-    x0=st.integers(-60, 100), y0=st.integers(-60, 100), side=st.integers(4, 160),
+    x0=st.integers(-60, 100),
+    y0=st.integers(-60, 100),
+    side=st.integers(4, 160),
     size=st.sampled_from([168, 328]),
-)  # fmt: skip
+)
 def test_cut_crop_always_gives_the_full_size(x0, y0, side, size):
     frame = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)
     if x0 + side <= 0 or y0 + side <= 0 or x0 >= 160 or y0 >= 120:

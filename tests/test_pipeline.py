@@ -41,8 +41,18 @@ def prepared(tmp_path_factory):
         return Path(reuse), None
     video = shared_path("data", "videos", "lieu_address_45s.mp4")
     root = make_project(tmp_path_factory.mktemp("dvc"))
-    run(root, sys.executable, "-m", "synctalk.cli", "avatar", "add", "lieu", str(video),
-        "--preset", "tiny")  # fmt: skip
+    run(
+        root,
+        sys.executable,
+        "-m",
+        "synctalk.cli",
+        "avatar",
+        "add",
+        "lieu",
+        str(video),
+        "--preset",
+        "tiny",
+    )
     commit(root, "avatar lieu")
     first = run(root, "dvc", "repro")
     return root, first
@@ -54,9 +64,13 @@ def test_repro_runs_every_preparation_stage(prepared):
         pytest.skip("reusing a project")
     ran = stages_run(first.stdout)
     assert ran[:6] == [
-        "extract@lieu", "landmarks@lieu", "audio_encoder@lieu", "features@lieu", "syncnet@lieu",
+        "extract@lieu",
+        "landmarks@lieu",
+        "audio_encoder@lieu",
+        "features@lieu",
+        "syncnet@lieu",
         "unet@lieu",
-    ]  # fmt: skip
+    ]
     assert set(ran[6:]) == {"evaluate@lieu", "render@lieu"} and len(ran) == 8
     assert "no audio in data/inbox/lieu" in first.stderr  # render@: an empty inbox
     work = root / "data" / "work" / "lieu"
@@ -268,8 +282,18 @@ def test_render_with_the_trained_avatar(prepared, tmp_path):
     (audio_dir / "macron.wav").write_bytes(speech.read_bytes())
     (audio_dir / "broken.wav").write_text("not audio")
     out = root / "data" / "renders" / "lieu"
-    proc = run(root, sys.executable, "-m", "synctalk.cli", "render", "--avatar", "lieu",
-               "--audio", str(audio_dir), check=False)  # fmt: skip
+    proc = run(
+        root,
+        sys.executable,
+        "-m",
+        "synctalk.cli",
+        "render",
+        "--avatar",
+        "lieu",
+        "--audio",
+        str(audio_dir),
+        check=False,
+    )
     assert proc.returncode == 1  # one file failed...
     assert "1 rendered, 1 failed" in proc.stdout and "broken.wav" in proc.stdout
     video = out / "macron.mp4"  # ...the other was rendered
@@ -279,8 +303,20 @@ def test_render_with_the_trained_avatar(prepared, tmp_path):
     assert abs(frames / 25 - 11.8613) <= 0.04
     assert not (out / "broken.mp4").exists()
 
-    missing = run(root, sys.executable, "-m", "synctalk.cli", "render", "--avatar", "lieu",
-                  "--audio", str(speech), "--model-alias", "7", check=False)  # fmt: skip
+    missing = run(
+        root,
+        sys.executable,
+        "-m",
+        "synctalk.cli",
+        "render",
+        "--avatar",
+        "lieu",
+        "--audio",
+        str(speech),
+        "--model-alias",
+        "7",
+        check=False,
+    )
     assert missing.returncode == 2 and "avatar-lieu has no version 7" in missing.stderr
 
 
@@ -296,8 +332,9 @@ def test_int8_of_the_trained_tiny_avatar_reaches_the_bar(prepared, tmp_path):
     root, _ = prepared
     paths = AvatarPaths("lieu", root)
     params = RenderParams(precision="int8")
-    loaded = load_for_rendering(paths, paths.unet, paths.audio_encoder, params, "cpu",
-                                tmp_path / "cache")  # fmt: skip
+    loaded = load_for_rendering(
+        paths, paths.unet, paths.audio_encoder, params, "cpu", tmp_path / "cache"
+    )
     (int8,) = (tmp_path / "cache" / "onnx").glob("*-int8-*.onnx")
     psnr = float(OnnxUNet(int8).metadata[PSNR_KEY])
     assert psnr >= params.int8_min_psnr, f"int8 vs fp32: {psnr:.1f} dB"
@@ -410,8 +447,22 @@ def test_a_second_clone_pulls_everything_from_the_dvc_remote(prepared, tmp_path)
     frames = {}
     for project in (root, clone):
         out = tmp_path / f"render-{project.name}"
-        run(project, sys.executable, "-m", "synctalk.cli", "render", "--avatar", "lieu",
-            "--audio", str(speech), "--model-alias", "1", "--out", str(out), env=store)  # fmt: skip
+        run(
+            project,
+            sys.executable,
+            "-m",
+            "synctalk.cli",
+            "render",
+            "--avatar",
+            "lieu",
+            "--audio",
+            str(speech),
+            "--model-alias",
+            "1",
+            "--out",
+            str(out),
+            env=store,
+        )
         frames[project] = list(iter_frames(out / "speech.mp4"))
     assert len(frames[root]) == len(frames[clone]) == 50
     difference = max(
@@ -444,10 +495,18 @@ def test_killed_unet_stage_resumes_from_its_last_checkpoint(prepared):
 
     root, _ = prepared
     state = root / "data" / "checkpoints" / "lieu" / "unet" / "last.pt"
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}")  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "stages.unet", "lieu"], cwd=root, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    env = dict(
+        os.environ,
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stages.unet", "lieu"],
+        cwd=root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 600
     killed_at = None
     while time.monotonic() < deadline and proc.poll() is None:
@@ -464,8 +523,10 @@ def test_killed_unet_stage_resumes_from_its_last_checkpoint(prepared):
     initial_l1 = killed_at["history"]["val"][0]["val_l1"]
 
     rerun = run(root, sys.executable, "-m", "stages.unet", "lieu")
-    assert f"resuming unet at epoch {killed_at['epoch'] + 1}, step {killed_at['step_in_epoch']}" \
-        in rerun.stderr  # fmt: skip
+    assert (
+        f"resuming unet at epoch {killed_at['epoch'] + 1}, step {killed_at['step_in_epoch']}"
+        in rerun.stderr
+    )
     client, runs = _runs(root)
     resumed = [r for r in runs if r.data.tags["stage"] == "unet"][-1]
     losses = client.get_metric_history(resumed.info.run_id, "train_loss")
@@ -730,8 +791,19 @@ def test_avatar_add_refuses_bad_input_and_writes_nothing(prepared, tmp_path):
         ("fresh", tmp_path / "missing.mp4"): f"{tmp_path / 'missing.mp4'}: no such file",
     }
     for (name, source), message in cases.items():
-        proc = run(root, sys.executable, "-m", "synctalk.cli", "avatar", "add", name,
-                   str(source), "--preset", "tiny", check=False)  # fmt: skip
+        proc = run(
+            root,
+            sys.executable,
+            "-m",
+            "synctalk.cli",
+            "avatar",
+            "add",
+            name,
+            str(source),
+            "--preset",
+            "tiny",
+            check=False,
+        )
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
         assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], (name, lines)
     assert _tree(root) == before and (root / "params.yaml").read_text() == params

@@ -34,17 +34,33 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("int8")
     paths = AvatarPaths("may", root)
     extracted = extract_avatar(video, paths, ExtractParams())
-    prepare_landmarks(paths.video, extracted.frames, paths.landmarks, paths.crops,
-                      preset.geometry.crop_size, LandmarkParams())  # fmt: skip
+    prepare_landmarks(
+        paths.video,
+        extracted.frames,
+        paths.landmarks,
+        paths.crops,
+        preset.geometry.crop_size,
+        LandmarkParams(),
+    )
     paths.models.mkdir(parents=True)
     save_whisper_encoder(paths.audio_encoder)
     features = load_front_end(paths.audio_encoder).features(load_audio(paths.audio))
     data = AvatarFrames(np.load(paths.crops, mmap_mode="r"), features, preset.geometry)
     # 10 steps of 4 (~15 s): enough to leave the initial weights, as a test can afford
-    training = replace(preset.unet, epochs=1, steps_per_epoch=10, batch_size=4,
-                       sync_weight=0.0, checkpoint_every=100)  # fmt: skip
-    trainer = Trainer(UNetTask(data, preset, training, syncnet=None), train_settings(training),
-                      torch.device("cpu"), root / "run")  # fmt: skip
+    training = replace(
+        preset.unet,
+        epochs=1,
+        steps_per_epoch=10,
+        batch_size=4,
+        sync_weight=0.0,
+        checkpoint_every=100,
+    )
+    trainer = Trainer(
+        UNetTask(data, preset, training, syncnet=None),
+        train_settings(training),
+        torch.device("cpu"),
+        root / "run",
+    )
     trainer.fit()
     save_model(trainer.model, paths.unet)
     return root, paths
@@ -52,8 +68,9 @@ def trained(tmp_path_factory):
 
 def _load(trained, params: RenderParams):
     root, paths = trained
-    return load_for_rendering(paths, paths.unet, paths.audio_encoder, params, "cpu",
-                              root / "data" / "cache")  # fmt: skip
+    return load_for_rendering(
+        paths, paths.unet, paths.audio_encoder, params, "cpu", root / "data" / "cache"
+    )
 
 
 def test_int8_of_a_trained_model_reaches_the_bar_and_renders(trained, tmp_path, caplog):
@@ -71,8 +88,9 @@ def test_int8_of_a_trained_model_reaches_the_bar_and_renders(trained, tmp_path, 
     (fp32,) = [p for p in onnx_dir.glob("*.onnx") if p != model.path]
     assert model.path == int8_path(fp32)
 
-    result = render_video(loaded.avatar, model, loaded.front_end, paths.audio,
-                          tmp_path / "int8.mp4", params, "cpu")  # fmt: skip
+    result = render_video(
+        loaded.avatar, model, loaded.front_end, paths.audio, tmp_path / "int8.mp4", params, "cpu"
+    )
     assert result.runtime == "onnxruntime:int8" and result.frames == 125
 
     # A second load uses the cached file: no calibration, no new quantization.
@@ -93,8 +111,15 @@ def test_int8_below_the_bar_renders_in_fp32_with_a_warning_naming_the_figure(
     stored = OnnxUNet(int8_path(loaded.runtime.path)).metadata[PSNR_KEY]
     assert f"PSNR {float(stored):.1f} dB" in caplog.text and "200.0 dB" in caplog.text
     assert "rendering in fp32" in caplog.text
-    result = render_video(loaded.avatar, loaded.runtime, loaded.front_end, paths.audio,
-                          tmp_path / "fp32.mp4", params, "cpu")  # fmt: skip
+    result = render_video(
+        loaded.avatar,
+        loaded.runtime,
+        loaded.front_end,
+        paths.audio,
+        tmp_path / "fp32.mp4",
+        params,
+        "cpu",
+    )
     assert result.runtime == "onnxruntime"
 
 
@@ -107,8 +132,9 @@ def test_int8_without_the_avatars_audio_falls_back_to_fp32(trained, tmp_path, ca
         getattr(missing, name).symlink_to(getattr(paths, name))
     with caplog.at_level(logging.WARNING):
         params = RenderParams(precision="int8")
-        loaded = load_for_rendering(missing, paths.unet, paths.audio_encoder, params, "cpu",
-                                    tmp_path / "cache")  # fmt: skip
+        loaded = load_for_rendering(
+            missing, paths.unet, paths.audio_encoder, params, "cpu", tmp_path / "cache"
+        )
     assert loaded.runtime.precision == "fp32"
     assert "int8 quantization failed" in caplog.text and "audio.wav" in caplog.text
     assert not int8_path(loaded.runtime.path).exists()

@@ -30,12 +30,33 @@ def project(tmp_path_factory) -> Path:
     root = make_project(tmp_path_factory.mktemp("reproduce"))
     few_steps(root)
     video = shared_path("data", "videos", "may_5s.mp4")
-    run(root, sys.executable, "-m", "synctalk.cli", "avatar", "add", AVATAR, str(video),
-        "--preset", "tiny")  # fmt: skip
+    run(
+        root,
+        sys.executable,
+        "-m",
+        "synctalk.cli",
+        "avatar",
+        "add",
+        AVATAR,
+        str(video),
+        "--preset",
+        "tiny",
+    )
     commit(root, "avatar may")  # what version 1's lineage names
     run(root, "dvc", "repro", f"unet@{AVATAR}")  # evaluate@ runs in each experiment
-    run(root, sys.executable, "-m", "synctalk.cli", "models", "promote", AVATAR, "1",
-        "--force", "--reason", "the experiments' baseline")  # fmt: skip
+    run(
+        root,
+        sys.executable,
+        "-m",
+        "synctalk.cli",
+        "models",
+        "promote",
+        AVATAR,
+        "1",
+        "--force",
+        "--reason",
+        "the experiments' baseline",
+    )
     run(root, "dvc", "remote", "add", "-d", "--local", "store", str(root.parent / "remote"))
     run(root, "dvc", "push", "--run-cache")
     commit(root, "avatar may trained")
@@ -109,8 +130,18 @@ def _experiment(root: Path, name: str, learning_rate: str, *how: str) -> list[st
     """`dvc exp run` (`how`: --temp, --queue) with the U-Net's learning rate set, from a
     shell with no MLFLOW_TRACKING_URI (the project's mlflow.db); the stages it ran."""
     unset = {"MLFLOW_TRACKING_URI": ""}
-    proc = run(root, "dvc", "exp", "run", *how, "-n", name, "--set-param",
-               f"{LEARNING_RATE}={learning_rate}", env=unset)  # fmt: skip
+    proc = run(
+        root,
+        "dvc",
+        "exp",
+        "run",
+        *how,
+        "-n",
+        name,
+        "--set-param",
+        f"{LEARNING_RATE}={learning_rate}",
+        env=unset,
+    )
     return stages_run(proc.stdout)
 
 

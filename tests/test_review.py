@@ -165,8 +165,13 @@ def test_renders_without_a_champion_never_fall_back_to_an_experiments_version(
     for tags in ({}, {EXPERIMENT_TAG: "lr-high"}):
         with mlflow.start_run() as run:
             model = mlflow.create_external_model(name="model")
-        client.create_model_version("avatar-exp", f"models:/{model.model_id}", run.info.run_id,
-                                    tags=tags, model_id=model.model_id)  # fmt: skip
+        client.create_model_version(
+            "avatar-exp",
+            f"models:/{model.model_id}",
+            run.info.run_id,
+            tags=tags,
+            model_id=model.model_id,
+        )
     assert str(resolve_version("exp").version) == "1"
     assert str(resolve_version("exp", "2").version) == "2"  # asked for by number: fine
     client.set_model_version_tag("avatar-exp", "1", EXPERIMENT_TAG, "lr-low")

@@ -34,8 +34,15 @@ def synthetic_avatar(n: int = 60, seed: int = 0) -> AvatarFrames:
 
 
 def unet_training(**overrides) -> UNetTraining:
-    base = UNetTraining(epochs=2, steps_per_epoch=4, batch_size=4, learning_rate=2e-3,
-                        perceptual_weight=0.0, sync_weight=0.0, checkpoint_every=2)  # fmt: skip
+    base = UNetTraining(
+        epochs=2,
+        steps_per_epoch=4,
+        batch_size=4,
+        learning_rate=2e-3,
+        perceptual_weight=0.0,
+        sync_weight=0.0,
+        checkpoint_every=2,
+    )
     return replace(base, **overrides)
 
 
@@ -190,8 +197,10 @@ def test_syncnet_validation_metrics_count_every_negative(monkeypatch):
     metrics = task.validate(None)
     assert metrics["pair_accuracy"] == pytest.approx(3 / 4)  # only 0.9 < 0.95 is wrong
     assert metrics["accuracy"] == pytest.approx(0.5 * 1 / 2 + 0.5 * 3 / 4)
-    expected = -(0.25 * (np.log(0.9) + np.log(0.4))
-                 + 0.125 * (np.log(0.7) + np.log(0.05) + np.log(0.8) + np.log(0.9)))  # fmt: skip
+    expected = -(
+        0.25 * (np.log(0.9) + np.log(0.4))
+        + 0.125 * (np.log(0.7) + np.log(0.05) + np.log(0.8) + np.log(0.9))
+    )
     assert metrics["loss"] == pytest.approx(expected, rel=1e-5)
 
 

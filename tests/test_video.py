@@ -110,9 +110,19 @@ def _empty(tmp_path):
 def _cover_art_mp3(tmp_path):
     cover = _testsrc(tmp_path / "cover.png", "64x64", 1, "-frames:v", "1")
     return _sine(
-        tmp_path / "song.mp3", 1,
-        "-i", str(cover), "-map", "0", "-map", "1", "-c:v", "png", "-disposition:v", "attached_pic",
-    )  # fmt: skip
+        tmp_path / "song.mp3",
+        1,
+        "-i",
+        str(cover),
+        "-map",
+        "0",
+        "-map",
+        "1",
+        "-c:v",
+        "png",
+        "-disposition:v",
+        "attached_pic",
+    )
 
 
 @pytest.mark.parametrize(
@@ -143,8 +153,13 @@ def test_cut_mp4_with_index_first_is_caught_when_decoding(tmp_path):
     # and declares its full length; the loss only shows when decoding.
     whole = _make(
         tmp_path / "whole.mp4",
-        "-i", str(_clip("retalking_face1_man_6s.mp4")), "-c", "copy", "-movflags", "+faststart",
-    )  # fmt: skip
+        "-i",
+        str(_clip("retalking_face1_man_6s.mp4")),
+        "-c",
+        "copy",
+        "-movflags",
+        "+faststart",
+    )
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 3 // 10])
     assert probe_video(cut).duration == pytest.approx(6.13, abs=0.05)
@@ -165,9 +180,17 @@ def test_cut_mp4_with_index_first_is_caught_when_decoding(tmp_path):
 def test_video_track_much_shorter_than_the_file_is_refused(tmp_path):
     src = _make(
         tmp_path / "short.mp4",
-        "-f", "lavfi", "-t", "1", "-i", "testsrc=size=64x32:rate=25",
-        "-f", "lavfi", "-i", "sine=duration=4",
-    )  # fmt: skip
+        "-f",
+        "lavfi",
+        "-t",
+        "1",
+        "-i",
+        "testsrc=size=64x32:rate=25",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=duration=4",
+    )
     assert probe_video(src).duration == pytest.approx(4.0, abs=0.05)
     with pytest.raises(MediaError, match="only 1.00 s of video"):
         transcode_to_cfr(src, tmp_path / "out" / "mezz.mp4")
@@ -213,9 +236,17 @@ def test_rotation_metadata_is_applied_and_dropped(tmp_path):
     # counter-clockwise, which puts the white half at the bottom of a 32x64 portrait.
     landscape = _make(
         tmp_path / "landscape.mp4",
-        "-f", "lavfi", "-i", "color=black:size=64x32:rate=25", "-t", "1",
-        "-vf", "drawbox=x=0:y=0:w=32:h=32:color=white:t=fill", "-c:v", "libx264",
-    )  # fmt: skip
+        "-f",
+        "lavfi",
+        "-i",
+        "color=black:size=64x32:rate=25",
+        "-t",
+        "1",
+        "-vf",
+        "drawbox=x=0:y=0:w=32:h=32:color=white:t=fill",
+        "-c:v",
+        "libx264",
+    )
     rotated = _make(
         tmp_path / "rotated.mp4", "-display_rotation", "90", "-i", str(landscape), "-c", "copy"
     )

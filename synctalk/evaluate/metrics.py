@@ -28,13 +28,49 @@ from synctalk.config import FPS, SAMPLE_RATE
 # Checked by drawing them on may_5s.mp4: the outer contour follows the
 # vermilion border, the inner one the opening between the lips.
 MEDIAPIPE_MOUTH_OUTER: tuple[int, ...] = (
-    61, 185, 40, 39, 37, 0, 267, 269, 270, 409,
-    291, 375, 321, 405, 314, 17, 84, 181, 91, 146,
-)  # fmt: skip
+    61,
+    185,
+    40,
+    39,
+    37,
+    0,
+    267,
+    269,
+    270,
+    409,
+    291,
+    375,
+    321,
+    405,
+    314,
+    17,
+    84,
+    181,
+    91,
+    146,
+)
 MEDIAPIPE_MOUTH_INNER: tuple[int, ...] = (
-    78, 191, 80, 81, 82, 13, 312, 311, 310, 415,
-    308, 324, 318, 402, 317, 14, 87, 178, 88, 95,
-)  # fmt: skip
+    78,
+    191,
+    80,
+    81,
+    82,
+    13,
+    312,
+    311,
+    310,
+    415,
+    308,
+    324,
+    318,
+    402,
+    317,
+    14,
+    87,
+    178,
+    88,
+    95,
+)
 MEDIAPIPE_MOUTH: tuple[int, ...] = MEDIAPIPE_MOUTH_OUTER + MEDIAPIPE_MOUTH_INNER
 
 # SSIM constants of Wang et al. 2004 for 8-bit images.

@@ -100,7 +100,7 @@ def _mouth_lmd(rendered, real, backend, indices) -> float:
                 indices,
                 normalise_by=max(width, 1.0),
                 align_centroids=True,
-            )  # fmt: skip
+            )
         )
     return float(np.mean(distances)) if distances else float("nan")
 

@@ -181,9 +181,13 @@ def write_landmarks(track: LandmarkTrack, path: str | Path) -> Path:
 
 
 def prepare_landmarks(
-    video: Path, n_frames: int, landmarks_out: Path, crops_out: Path, crop_size: int,
+    video: Path,
+    n_frames: int,
+    landmarks_out: Path,
+    crops_out: Path,
+    crop_size: int,
     params: LandmarkParams,
-) -> LandmarkTrack:  # fmt: skip
+) -> LandmarkTrack:
     """Track the face in `video`, write landmarks.parquet and the crops array.
 
     Both files appear together or not at all.

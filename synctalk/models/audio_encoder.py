@@ -23,13 +23,20 @@ class AudioEncoder(nn.Module):
             return ConvBN(c, c, 3, 1, 1, residual=True)
 
         self.audio_encoder = nn.Sequential(
-            ConvBN(1, 32, 3, 1, 1), res(32), res(32),
-            ConvBN(32, 64, 3, (3, 1), 1), res(64), res(64),  # 80x16 -> 27x16
-            ConvBN(64, 128, 3, 3, 1), res(128), res(128),  # -> 9x6
-            ConvBN(128, 256, 3, (3, 2), 1), res(256),  # -> 3x3
+            ConvBN(1, 32, 3, 1, 1),
+            res(32),
+            res(32),
+            ConvBN(32, 64, 3, (3, 1), 1),
+            res(64),
+            res(64),  # 80x16 -> 27x16
+            ConvBN(64, 128, 3, 3, 1),
+            res(128),
+            res(128),  # -> 9x6
+            ConvBN(128, 256, 3, (3, 2), 1),
+            res(256),  # -> 3x3
             ConvBN(256, EMBEDDING_DIM, 3, 1, 0),  # -> 1x1
             ConvBN(EMBEDDING_DIM, EMBEDDING_DIM, 1, 1, 0),
-        )  # fmt: skip
+        )
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         return self.audio_encoder(mel).flatten(1)

@@ -75,8 +75,11 @@ class SyncNet(nn.Module):
             cin = cout
         face += _residuals(w[64], 2)
         face += _stage(w[64], w[128], 3) + _stage(w[128], w[256], 2) + _stage(w[256], w[512], 2)
-        face += [_conv(w[512], w[512], 3, 2, 1), _conv(w[512], w[512], 3, 1, 0),
-                 _conv(w[512], w[512], 1, 1, 0)]  # fmt: skip
+        face += [
+            _conv(w[512], w[512], 3, 2, 1),
+            _conv(w[512], w[512], 3, 1, 0),
+            _conv(w[512], w[512], 1, 1, 0),
+        ]
         self.face_encoder = nn.Sequential(*face)
 
         if audio_mode == "whisper":

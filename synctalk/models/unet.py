@@ -215,12 +215,18 @@ def articulate(model: UNet, gain: float) -> UNet:
         return model
     branch = model.audio_model
     if not isinstance(branch, SequenceAudioBranch):
-        log.warning("articulation %.2f ignored: audio mode %s has no linear audio read-out",
-                    gain, model.spec.audio_mode)  # fmt: skip
+        log.warning(
+            "articulation %.2f ignored: audio mode %s has no linear audio read-out",
+            gain,
+            model.spec.audio_mode,
+        )
         return model
     if torch.isnan(branch.centre).any():
-        log.warning("articulation %.2f ignored: this U-Net was trained before its audio "
-                    "centre was recorded (retrain it to articulate)", gain)  # fmt: skip
+        log.warning(
+            "articulation %.2f ignored: this U-Net was trained before its audio "
+            "centre was recorded (retrain it to articulate)",
+            gain,
+        )
         return model
     model = copy.deepcopy(model)
     readout = model.audio_model.encoder.readout

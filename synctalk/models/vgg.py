@@ -14,8 +14,29 @@ import torch
 from torch import nn
 
 # torchvision's VGG19 "E" configuration; "M" is a 2x2 max-pool.
-_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
-        512, 512, 512, 512, "M", 512, 512, 512, 512, "M"]  # fmt: skip
+_CFG = [
+    64,
+    64,
+    "M",
+    128,
+    128,
+    "M",
+    256,
+    256,
+    256,
+    256,
+    "M",
+    512,
+    512,
+    512,
+    512,
+    "M",
+    512,
+    512,
+    512,
+    512,
+    "M",
+]
 
 
 def _layer_names() -> list[str]:

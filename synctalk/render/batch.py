@@ -155,11 +155,20 @@ class AvatarRenderer:
     def _load(self) -> LoadedModel:
         with self._lock:
             if self._loaded is None:
-                self._loaded = load_for_rendering(self.paths, self.model.unet,
-                                                  self.model.audio_encoder, self.params,
-                                                  self.device, self.cache)  # fmt: skip
-                log.info("rendering %s with %s version %s", self.paths.name,
-                         model_name(self.paths.name), self.model.version)  # fmt: skip
+                self._loaded = load_for_rendering(
+                    self.paths,
+                    self.model.unet,
+                    self.model.audio_encoder,
+                    self.params,
+                    self.device,
+                    self.cache,
+                )
+                log.info(
+                    "rendering %s with %s version %s",
+                    self.paths.name,
+                    model_name(self.paths.name),
+                    self.model.version,
+                )
             return self._loaded
 
     def sweep(self, *folders: Path) -> None:
@@ -178,25 +187,49 @@ class AvatarRenderer:
             return False
 
     def key(self, audio_sha256: str) -> str:
-        return render_key(model_name(self.paths.name), self.model.version, self.weights_sha256,
-                          audio_sha256, self.params)  # fmt: skip
+        return render_key(
+            model_name(self.paths.name),
+            self.model.version,
+            self.weights_sha256,
+            audio_sha256,
+            self.params,
+        )
 
     def render(self, audio: Path, output: Path) -> FileOutcome:
         started = time.perf_counter()
         try:
             loaded = self._load()
-            result = render_video(loaded.avatar, loaded.runtime, loaded.front_end, audio, output,
-                                  self.params, self.device)  # fmt: skip
+            result = render_video(
+                loaded.avatar,
+                loaded.runtime,
+                loaded.front_end,
+                audio,
+                output,
+                self.params,
+                self.device,
+            )
         except Exception as exc:  # one bad file must not stop the batch
             if isinstance(exc, OSError) and exc.strerror:  # not the temporary file's name
                 error = f"{audio} -> {output}: {exc.strerror}"
             else:
                 error = str(exc) if str(audio) in str(exc) else f"{audio}: {exc}"
             log.error("%s", error)
-            return FileOutcome(audio, output, "failed", error, transient=not is_bad_input(exc),
-                               seconds=time.perf_counter() - started)  # fmt: skip
-        return FileOutcome(audio, output, "done", frames=result.frames,
-                           duration=result.duration, seconds=result.seconds)  # fmt: skip
+            return FileOutcome(
+                audio,
+                output,
+                "failed",
+                error,
+                transient=not is_bad_input(exc),
+                seconds=time.perf_counter() - started,
+            )
+        return FileOutcome(
+            audio,
+            output,
+            "done",
+            frames=result.frames,
+            duration=result.duration,
+            seconds=result.seconds,
+        )
 
     def render_if_changed(
         self, audio: Path, output: Path, ledger: RenderLedger, force: bool = False
@@ -225,13 +258,24 @@ class AvatarRenderer:
         if outcome.status == "done":
             output_sha256 = file_sha256(output)
         record = RenderRecord(
-            avatar=self.paths.name, audio_path=str(audio), audio_sha256=digest,
-            model_name=model_name(self.paths.name), model_version=self.model.version, key=key,
-            output_path=str(output), status=outcome.status, error=outcome.error,
-            duration_s=outcome.duration, frames=outcome.frames, started_at=started_at,
-            seconds=outcome.seconds, output_sha256=output_sha256, batch_id=self.batch_id,
-            worker=self.worker, transient=outcome.transient,
-        )  # fmt: skip
+            avatar=self.paths.name,
+            audio_path=str(audio),
+            audio_sha256=digest,
+            model_name=model_name(self.paths.name),
+            model_version=self.model.version,
+            key=key,
+            output_path=str(output),
+            status=outcome.status,
+            error=outcome.error,
+            duration_s=outcome.duration,
+            frames=outcome.frames,
+            started_at=started_at,
+            seconds=outcome.seconds,
+            output_sha256=output_sha256,
+            batch_id=self.batch_id,
+            worker=self.worker,
+            transient=outcome.transient,
+        )
         ledger.append(record)
         return record
 

@@ -82,8 +82,16 @@ from synctalk.render.quantize import CalibrationSet, avatar_calibration, int8_or
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EncodeError", "LoadedModel", "Mp4Encoder", "RenderError", "RenderResult",
-           "load_for_rendering", "load_runtime", "render_video"]  # fmt: skip
+__all__ = [
+    "EncodeError",
+    "LoadedModel",
+    "Mp4Encoder",
+    "RenderError",
+    "RenderResult",
+    "load_for_rendering",
+    "load_runtime",
+    "render_video",
+]
 
 MIN_AUDIO_S = 0.2  # one mel window: less cannot be encoded
 SILENCE_DBFS = -60.0  # RMS below this (re full scale 1.0) is silence, not speech
@@ -145,8 +153,9 @@ def load_for_rendering(
     def calibration() -> CalibrationSet:
         return avatar_calibration(avatar, footage.audio, front_end, model.spec)
 
-    runtime = load_runtime(model, params, device, cache_root / "onnx", file_sha256(unet),
-                           calibration)  # fmt: skip
+    runtime = load_runtime(
+        model, params, device, cache_root / "onnx", file_sha256(unet), calibration
+    )
     return LoadedModel(avatar, runtime, front_end)
 
 

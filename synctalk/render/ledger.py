@@ -93,9 +93,12 @@ LOCK_STALE_S = 600  # a merge lock older than this, from another machine, is aba
 
 
 def render_key(
-    model_name: str, model_version: str, weights_sha256: str, audio_sha256: str,
+    model_name: str,
+    model_version: str,
+    weights_sha256: str,
+    audio_sha256: str,
     params: RenderParams,
-) -> str:  # fmt: skip
+) -> str:
     """sha256 of everything that decides a render's output."""
     # batch size and queue length change speed, not pixels (the runtime may change the
     # last bit: onnxruntime and torch round differently)

@@ -176,8 +176,10 @@ def quantize_unet(
             quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
             graph = onnx.load(str(prepared), load_external_data=False).graph
             ranges = activation_ranges(prepared, feeds)
-            overrides = {name: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}]
-                         for name, (lo, hi) in ranges.items()}  # fmt: skip
+            overrides = {
+                name: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}]
+                for name, (lo, hi) in ranges.items()
+            }
             quantize_static(
                 str(prepared),
                 str(quantized),
@@ -191,8 +193,10 @@ def quantize_unet(
                 extra_options={"TensorQuantOverrides": overrides},
             )
         model = onnx.load(str(quantized))
-        props = {p.key: p.value for p in onnx.load(str(fp32_path), load_external_data=False)
-                 .metadata_props}  # fmt: skip
+        props = {
+            p.key: p.value
+            for p in onnx.load(str(fp32_path), load_external_data=False).metadata_props
+        }
         props[PRECISION_KEY] = "int8"
         onnx.helper.set_model_props(model, props)
         onnx.save(model, str(quantized))
@@ -205,8 +209,12 @@ def quantize_unet(
             onnx.save(model, str(tmp_out))
     log.info(
         "quantized the U-Net to int8 (%d calibration frames): %.1f dB PSNR against fp32 on "
-        "%d held-out frames; %s", len(fit), psnr, len(held_out), out_path,
-    )  # fmt: skip
+        "%d held-out frames; %s",
+        len(fit),
+        psnr,
+        len(held_out),
+        out_path,
+    )
     return psnr
 
 
@@ -264,8 +272,9 @@ def int8_or_fp32(
         log.warning(
             "int8 U-Net: PSNR %.1f dB against fp32 on held-out frames, below "
             "render.int8_min_psnr (%.1f dB); rendering in fp32",
-            psnr, min_psnr,
-        )  # fmt: skip
+            psnr,
+            min_psnr,
+        )
         return fp32
     log.info("using the int8 U-Net %s (PSNR %.1f dB against fp32)", path, psnr)
     return int8

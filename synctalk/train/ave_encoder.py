@@ -133,8 +133,9 @@ class AudioEncoderTask:
         self.train_set = MelSyncSamples(data, np.arange(n - n_val), seed, offset)
         # Several negatives per held-out face: the best step is picked on this
         # loss, and one pair per face of a ~100-frame split is too noisy for that.
-        self.val_set = MelSyncSamples(data, np.arange(n - n_val, n), seed + 1, offset,
-                                      negatives=VALIDATION_NEGATIVES)  # fmt: skip
+        self.val_set = MelSyncSamples(
+            data, np.arange(n - n_val, n), seed + 1, offset, negatives=VALIDATION_NEGATIVES
+        )
 
     def _pairs(self, batch):
         face, in_sync, off_sync = batch
@@ -205,9 +206,13 @@ def train_audio_encoder(
     log.info(
         "audio encoder: validation accuracy %.3f -> %.3f (pair accuracy %.3f), "
         "loss %.3f -> %.3f (best at step %d)",
-        report.val_accuracy_start, report.val_accuracy, report.val_pair_accuracy,
-        report.val_loss_start, report.val_loss, report.best_step,
-    )  # fmt: skip
+        report.val_accuracy_start,
+        report.val_accuracy,
+        report.val_pair_accuracy,
+        report.val_loss_start,
+        report.val_loss,
+        report.best_step,
+    )
     return task.model.audio.cpu().eval(), report
 
 
@@ -219,9 +224,16 @@ class EncoderSource:
 
 
 def prepare_audio_encoder(
-    official: Path, crops: Path, audio: Path, geometry: Resolution, params: AveEncoderParams,
-    out: Path, device: torch.device, state_dir: Path | None = None, fingerprint: str = "",
-) -> EncoderSource:  # fmt: skip
+    official: Path,
+    crops: Path,
+    audio: Path,
+    geometry: Resolution,
+    params: AveEncoderParams,
+    out: Path,
+    device: torch.device,
+    state_dir: Path | None = None,
+    fingerprint: str = "",
+) -> EncoderSource:
     """Put an AVE encoder at `out`: the official weights when present, else train one."""
     if official.is_file():
         encoder = load_encoder(official)  # validates the layout

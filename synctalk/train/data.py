@@ -181,8 +181,9 @@ class SyncPairs(EpochDataset):
     def __getitem__(self, index: int):
         rng = self.rng(index)
         frame = int(self.frames[index])
-        others = [off_sync_frame(rng, self.frames, frame, self.min_offset)
-                  for _ in range(self.negatives)]  # fmt: skip
+        others = [
+            off_sync_frame(rng, self.frames, frame, self.min_offset) for _ in range(self.negatives)
+        ]
         return (
             torch.from_numpy(self.face(frame, rng)),
             torch.from_numpy(self.audio(frame)),
@@ -193,8 +194,16 @@ class SyncPairs(EpochDataset):
 class SyncSamples(SyncPairs):
     """The SyncNet's pairs: the model-size crop (colour-jittered) and AVE feature windows."""
 
-    def __init__(self, data, frames, seed, audio_shape, min_offset: int, jitter: float = 0.0,
-                 negatives: int = 1):  # fmt: skip
+    def __init__(
+        self,
+        data,
+        frames,
+        seed,
+        audio_shape,
+        min_offset: int,
+        jitter: float = 0.0,
+        negatives: int = 1,
+    ):
         super().__init__(data, frames, seed, min_offset, negatives)
         self.audio_shape, self.jitter = audio_shape, jitter
 

@@ -53,14 +53,27 @@ def _metrics_logger(mlflow):
 
 def _params(config: Config, name: str) -> dict[str, Any]:
     preset = config.preset_of(name)
-    return {"avatar": name, "preset_name": config.avatars[name].preset, "device": config.device,
-            "preset": asdict(preset)}  # fmt: skip
+    return {
+        "avatar": name,
+        "preset_name": config.avatars[name].preset,
+        "device": config.device,
+        "preset": asdict(preset),
+    }
 
 
 @contextmanager
-def _tracked_training(stage: str, title: str, name: str, config: Config, paths: AvatarPaths,
-                      task, settings, inputs: list[Path], checkpoint: Path,
-                      finish_model=None):  # fmt: skip
+def _tracked_training(
+    stage: str,
+    title: str,
+    name: str,
+    config: Config,
+    paths: AvatarPaths,
+    task,
+    settings,
+    inputs: list[Path],
+    checkpoint: Path,
+    finish_model=None,
+):
     """One training stage in its MLflow run: fit (resuming an interrupted run), save the
     best weights to `checkpoint`, log the loss curves and the best metrics.
 
@@ -76,15 +89,25 @@ def _tracked_training(stage: str, title: str, name: str, config: Config, paths: 
     with stage_run(stage, name, _params(config, name)), tempfile.TemporaryDirectory() as tmp:
         mlflow.set_tag("inputs_md5", fingerprint)
         trainer = Trainer(
-            task, settings, device, paths.training_state(stage),
-            fingerprint=fingerprint, on_metrics=_metrics_logger(mlflow),
-        )  # fmt: skip
+            task,
+            settings,
+            device,
+            paths.training_state(stage),
+            fingerprint=fingerprint,
+            on_metrics=_metrics_logger(mlflow),
+        )
         history = trainer.fit()
         if finish_model is not None:
             finish_model(trainer.model)
         metrics = trainer.validate()
-        save_model(trainer.model, checkpoint, avatar=name, inputs_md5=fingerprint,
-                   best_epoch=history.best_epoch, **metrics)  # fmt: skip
+        save_model(
+            trainer.model,
+            checkpoint,
+            avatar=name,
+            inputs_md5=fingerprint,
+            best_epoch=history.best_epoch,
+            **metrics,
+        )
         curves = log_history_plot(history, Path(tmp) / f"{stage}_curves.png", f"{title} {name}")
         mlflow.log_artifact(str(curves))
         mlflow.log_metrics({f"best_{k}": v for k, v in metrics.items()})
@@ -100,15 +123,26 @@ def train_syncnet(name: str, config: Config, paths: AvatarPaths) -> TrainResult:
     task = SyncNetTask(data, preset, preset.syncnet)
     settings = train_settings(preset.syncnet, config.num_workers)
     inputs = [paths.crops, paths.features]
-    with _tracked_training("syncnet", "SyncNet", name, config, paths, task, settings, inputs,
-                           paths.syncnet) as (history, metrics, _, tmp):  # fmt: skip
+    with _tracked_training(
+        "syncnet", "SyncNet", name, config, paths, task, settings, inputs, paths.syncnet
+    ) as (history, metrics, _, tmp):
         mlflow.log_artifact(str(paths.syncnet), "checkpoint")
         sync = task.offset_curve(resolve_device(config.device))
         mlflow.log_metrics({f"val_{k}": v for k, v in sync.as_metrics().items()})
-        mlflow.log_artifact(str(log_offset_curve_plot(
-            sync, tmp / "syncnet_offsets.png", f"SyncNet {name}: held-out frames")))  # fmt: skip
-        log.info("%s: held-out offset curve: best offset %+d, LSE-C %.4f, LSE-D %.4f",
-                 name, sync.best_offset, sync.confidence, sync.min_distance)  # fmt: skip
+        mlflow.log_artifact(
+            str(
+                log_offset_curve_plot(
+                    sync, tmp / "syncnet_offsets.png", f"SyncNet {name}: held-out frames"
+                )
+            )
+        )
+        log.info(
+            "%s: held-out offset curve: best offset %+d, LSE-C %.4f, LSE-D %.4f",
+            name,
+            sync.best_offset,
+            sync.confidence,
+            sync.min_distance,
+        )
     return TrainResult(history, metrics, sync=sync)
 
 
@@ -122,8 +156,18 @@ def train_unet(name: str, config: Config, paths: AvatarPaths) -> TrainResult:
     task = UNetTask(data, preset, preset.unet, syncnet).to(device)
     inputs = [paths.crops, paths.features, paths.syncnet, paths.audio_encoder]
     settings = train_settings(preset.unet, config.num_workers)
-    training = _tracked_training("unet", "U-Net", name, config, paths, task, settings, inputs,
-                                 paths.unet, finish_model=task.fit_audio_centre)  # fmt: skip
+    training = _tracked_training(
+        "unet",
+        "U-Net",
+        name,
+        config,
+        paths,
+        task,
+        settings,
+        inputs,
+        paths.unet,
+        finish_model=task.fit_audio_centre,
+    )
     with training as (history, metrics, fingerprint, tmp):
         mlflow.log_artifact(str(write_image(tmp / "validation_grid.png", task.sample_grid(device))))
         # the render settings too: the served model renders as `synctalk render` did then

@@ -42,15 +42,18 @@ class SyncNetTask:
 
     def __init__(self, data: AvatarFrames, preset: ModelPreset, training: SyncNetTraining):
         seed_everything(training.seed)  # the initial weights too are seeded
-        self.model = build_syncnet(preset.resolution, preset.audio_mode, preset.mobile,
-                                   training.luminance_only)  # fmt: skip
+        self.model = build_syncnet(
+            preset.resolution, preset.audio_mode, preset.mobile, training.luminance_only
+        )
         shape = SYNCNET_AUDIO_SHAPES[preset.audio_mode]
         train, val = data.split()
         seed = training.seed
-        self.train_set = SyncSamples(data, train, seed, shape, training.min_offset_frames,
-                                     training.colour_jitter)  # fmt: skip
-        self.val_set = SyncSamples(data, val, seed + 1, shape, training.min_offset_frames,
-                                   negatives=VALIDATION_NEGATIVES)  # fmt: skip
+        self.train_set = SyncSamples(
+            data, train, seed, shape, training.min_offset_frames, training.colour_jitter
+        )
+        self.val_set = SyncSamples(
+            data, val, seed + 1, shape, training.min_offset_frames, negatives=VALIDATION_NEGATIVES
+        )
 
     def _pairs(self, batch):
         """In-sync probabilities of every (face, audio) pair, their labels and BCE weights."""
@@ -58,8 +61,9 @@ class SyncNetTask:
         n, k = off_sync.shape[:2]
         audio = self.model.audio_encoder(torch.cat([in_sync, off_sync.flatten(0, 1)])).flatten(1)
         f = self.model.embed_face(face)
-        p = sync_probability(F.normalize(audio, dim=1).float(),
-                             torch.cat([f, f.repeat_interleave(k, dim=0)]).float())  # fmt: skip
+        p = sync_probability(
+            F.normalize(audio, dim=1).float(), torch.cat([f, f.repeat_interleave(k, dim=0)]).float()
+        )
         return (p, *sync_pair_labels(n, k, face.device))
 
     def loss(self, batch):
@@ -118,8 +122,7 @@ class UNetTask:
             self.model = UNet(spec)
         self.data = data
         train, val = data.split()
-        self.train_set = UNetSamples(data, train, training.seed, spec,
-                                     training.colour_jitter)  # fmt: skip
+        self.train_set = UNetSamples(data, train, training.seed, spec, training.colour_jitter)
         self.val_set = UNetSamples(data, val, training.seed + 1, spec)
         self.weights = training
         self.perceptual = PerceptualLoss(training.vgg19) if training.perceptual_weight > 0 else None

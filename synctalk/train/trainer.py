@@ -207,8 +207,11 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"].cpu())
         log.info(
             "resuming %s at epoch %d, step %d (%d done)",
-            self.task.name, self.epoch + 1, self.step_in_epoch, self.global_step,
-        )  # fmt: skip
+            self.task.name,
+            self.epoch + 1,
+            self.step_in_epoch,
+            self.global_step,
+        )
         return True
 
     # ------------------------------------------------------------------- loop
